@@ -1,0 +1,1 @@
+"""GlobMed-Bench tasks, the scorer, throughput runner, result records and reports."""

@@ -1,0 +1,3 @@
+from globmed_edge.cli.main import main
+
+main()

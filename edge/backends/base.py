@@ -1,0 +1,153 @@
+"""The backend protocol: the only way the bench scorer, parity checks and the TUI touch a model.
+
+A backend is constructed cheaply (no weights), loads in `load()`, and then:
+
+* `stream(request)` yields `TokenEvent`s for a chat rendered with the build's chat template;
+* `score(requests)` returns the log-likelihood of each continuation given its context, for a
+  whole batch at once (backends reuse shared prefixes and batch internally);
+* `logprobs(token_ids)` returns next-token log-probabilities at every position (parity/drift);
+* `tokenize(text)` exposes the build's own tokenizer (parity checks compare token ids);
+* `memory()` reports its own memory; `close()` frees it.
+
+Requests and results are frozen dataclasses; capabilities are data, so callers can check what a
+backend offers without importing its runtime.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    stream: bool = True
+    score: bool = True
+    logprobs: bool = True
+    devices: tuple[str, ...] = ("cpu",)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: tuple[Message, ...]
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_text(cls, prompt: str, system: str | None = None, **kwargs: object) -> GenerationRequest:
+        msgs = ([Message("system", system)] if system else []) + [Message("user", prompt)]
+        return cls(messages=tuple(msgs), **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One streamed piece of text. `finish_reason` is set on the last event only."""
+
+    text: str
+    index: int
+    time: float  # time.perf_counter() when the token was ready
+    token_id: int | None = None
+    finish_reason: Literal["stop", "length", "cancelled"] | None = None
+    prompt_tokens: int | None = None  # set on the first event
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    context: str
+    continuation: str
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    logprob: float  # sum of log-probabilities of the continuation tokens
+    n_tokens: int
+    is_greedy: bool  # every continuation token was the argmax
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    rss_bytes: int
+    peak_rss_bytes: int
+    device: str = "cpu"
+    cuda_allocated_bytes: int | None = None
+    cuda_reserved_bytes: int | None = None
+    cuda_peak_allocated_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    device: str = "cpu"
+    threads: int | None = None
+    context_length: int = 2048
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    path: Path
+
+    def load(self) -> None: ...
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]: ...
+
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str: ...
+
+    def stream(
+        self, request: GenerationRequest, *, cancel: threading.Event | None = None
+    ) -> Iterator[TokenEvent]: ...
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]: ...
+
+    def logprobs(self, token_ids: Sequence[int]) -> np.ndarray: ...
+
+    def memory(self) -> MemoryReport: ...
+
+    def close(self) -> None: ...
+
+
+def split_pair(
+    tokenize: Callable[[str], list[int]], context: str, continuation: str
+) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation), split the way lm-evaluation-harness does.
+
+    Trailing whitespace of the context moves to the continuation; the pair is encoded whole and
+    the continuation is what follows the context's own encoding. Every backend uses this, so a
+    continuation is the same tokens whichever runtime scores it.
+    """
+    n_space = len(context) - len(context.rstrip())
+    if n_space:
+        continuation = context[-n_space:] + continuation
+        context = context[:-n_space]
+    whole = tokenize(context + continuation)
+    ctx = tokenize(context)
+    return whole[: len(ctx)], whole[len(ctx):]
+
+
+def process_memory() -> tuple[int, int]:
+    """(current RSS, peak RSS) in bytes for this process; RSS includes mapped weight pages."""
+    import resource
+
+    import psutil
+
+    rss = psutil.Process().memory_info().rss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return rss, max(rss, peak)

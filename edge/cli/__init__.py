@@ -1,0 +1,1 @@
+"""The `globmed-edge` command line: thin click commands over the library."""

@@ -1,0 +1,40 @@
+"""Small helpers shared by the CLI modules (output formatting, shared options)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Sequence[int] = ()) -> str:
+    """A plain-text table; column widths count characters (good enough for mixed scripts)."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+
+    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def progress_enabled() -> bool:
+    return sys.stderr.isatty()
+
+
+def data_source_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--format / --lang / --split / --dataset / --license / --map, shared by data commands."""
+    f = click.option("--map", "mapping", multiple=True, metavar="FIELD=COLUMN",
+                     help="CSV column mapping, e.g. --map question=Q --map options=opa,opb,opc,opd.")(f)
+    f = click.option("--license", "license_", default=None, help="License for records that carry none.")(f)
+    f = click.option("--dataset", default=None, help="Dataset name for records that carry none.")(f)
+    f = click.option("--split", default=None, help="Split for records that carry none (train/dev/test).")(f)
+    f = click.option("--lang", default=None, help="Language code for records that carry none.")(f)
+    f = click.option("--format", "fmt", default="auto", show_default=True,
+                     type=click.Choice(["auto", "jsonl", "globmed", "mmedbench", "csv"]),
+                     help="Input layout; auto detects it from the path.")(f)
+    return f

@@ -1,0 +1,174 @@
+"""`globmed-edge data validate|stats|convert`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from globmed_edge.cli.common import data_source_options, progress_enabled, table
+
+
+def _inputs(fmt: str, lang: str | None, split: str | None, dataset: str | None,
+            license_: str | None, mapping: tuple[str, ...]) -> dict[str, Any]:
+    from globmed_edge.data.readers import CsvMapping, Defaults
+
+    return {
+        "fmt": fmt,
+        "defaults": Defaults(dataset=dataset, lang=lang, split=split, license=license_),
+        "mapping": CsvMapping.from_pairs(mapping) if mapping else None,
+    }
+
+
+def _progress(desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit=" records", disable=not progress_enabled(), mininterval=0.5)
+    return bar, (lambda _rec: bar.update())
+
+
+@click.group()
+def data() -> None:
+    """Validate, inspect and convert medical QA datasets.
+
+    Reads the project JSONL schema (../shared/data/mcq), the GlobMed release layout
+    (ROOT/<lang>/<split>.json), MMedBench JSONL (answer_idx) and CSV with a column mapping.
+    Files are streamed, so large files are fine.
+    """
+
+
+@data.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@data_source_options
+@click.option("--strict", is_flag=True, help="Stop at the first bad record.")
+@click.option("--max-errors", default=200, show_default=True, help="Print at most this many problems (all are counted).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary with every problem.")
+def validate(sources: tuple[Path, ...], fmt: str, lang: str | None, split: str | None, dataset: str | None,
+             license_: str | None, mapping: tuple[str, ...], strict: bool, max_errors: int, as_json: bool) -> None:
+    """Check every record; print each bad one as FILE:LINE: reason.
+
+    Exits 1 when any record is bad (at the first with --strict), 0 when all are valid.
+    """
+    from globmed_edge.data.validate import scan
+
+    bar, tick = _progress("validate")
+    try:
+        report = scan(sources, strict=strict, on_record=tick, **_inputs(fmt, lang, split, dataset, license_, mapping))
+    finally:
+        bar.close()
+    if as_json:
+        out = report.to_dict()
+        out["problem_list"] = [{"path": p.path, "line": p.line, "reason": p.reason, "id": p.item_id}
+                               for p in report.problems]
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+    else:
+        for p in report.problems[:max_errors]:
+            click.echo(str(p))
+        if len(report.problems) > max_errors:
+            click.echo(f"... and {len(report.problems) - max_errors} more problems")
+        click.echo(
+            f"{report.items} valid items, {len(report.problems)} bad records "
+            f"in {len(report.files)} file(s), {len(report.by_lang)} language(s)", err=True)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@data.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@data_source_options
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+def stats(sources: tuple[Path, ...], fmt: str, lang: str | None, split: str | None, dataset: str | None,
+          license_: str | None, mapping: tuple[str, ...], as_json: bool) -> None:
+    """Items per dataset, language, split and option count.
+
+    Counts valid items; bad records are counted separately (see `data validate`) and make the
+    command exit 1 after printing the statistics.
+    """
+    from globmed_edge.data.validate import scan
+    from globmed_edge.languages import lookup
+
+    bar, tick = _progress("stats")
+    try:
+        report = scan(sources, on_record=tick, **_inputs(fmt, lang, split, dataset, license_, mapping))
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        click.echo(f"{report.items:,} items in {len(report.by_lang)} languages, "
+                   f"{len(report.by_dataset)} datasets, {len(report.files)} files"
+                   + (f"; {len(report.problems)} bad records (run `data validate`)" if report.problems else ""))
+        click.echo()
+        click.echo(table(["dataset", "items"], sorted(report.by_dataset.items()), right=[1]))
+        click.echo()
+        rows = []
+        for code, n in sorted(report.by_lang.items(), key=lambda kv: (-kv[1], kv[0])):
+            lg = lookup(code)
+            per_split = " ".join(f"{s}={report.by_lang_split[(code, s)]}"
+                                 for s in ("train", "dev", "test") if report.by_lang_split[(code, s)])
+            rows.append([code, lg.name if lg.known else "(not in table)", lg.script, lg.direction,
+                         lg.resource, n, per_split])
+        click.echo(table(["lang", "name", "script", "dir", "resource", "items", "splits"], rows, right=[5]))
+        click.echo()
+        click.echo(table(["split", "items"], sorted(report.by_split.items()), right=[1]))
+        if report.by_n_options:
+            click.echo()
+            click.echo(table(["options", "items"], sorted(report.by_n_options.items()), right=[0, 1]))
+        if report.by_kind.get("chat"):
+            click.echo(f"\nchat/SFT items: {report.by_kind['chat']}; MCQ items: {report.by_kind.get('mcq', 0)}")
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@data.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output JSONL file (project schema). Written atomically.")
+@data_source_options
+@click.option("--only-lang", multiple=True, help="Keep only these languages (repeatable).")
+@click.option("--only-split", multiple=True, help="Keep only these splits (repeatable).")
+@click.option("--skip-bad", is_flag=True, help="Write the valid records even if some are bad (they are still reported).")
+def convert(sources: tuple[Path, ...], out: Path, fmt: str, lang: str | None, split: str | None,
+            dataset: str | None, license_: str | None, mapping: tuple[str, ...],
+            only_lang: tuple[str, ...], only_split: tuple[str, ...], skip_bad: bool) -> None:
+    """Convert any supported layout into the project JSONL schema.
+
+    By default nothing is written if any record is bad; --skip-bad writes the valid ones.
+    """
+    import os
+    import tempfile
+
+    from globmed_edge.data.validate import records
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    written, bad = 0, 0
+    bar, tick = _progress("convert")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for rec in records(sources, **_inputs(fmt, lang, split, dataset, license_, mapping)):
+                tick(rec)
+                if rec.problem is not None:
+                    bad += 1
+                    click.echo(str(rec.problem), err=True)
+                    continue
+                item = rec.item
+                assert item is not None
+                if (only_lang and item.lang not in only_lang) or (only_split and item.split not in only_split):
+                    continue
+                fh.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
+                written += 1
+        if bad and not skip_bad:
+            os.unlink(tmp)
+            click.echo(f"error: {bad} bad record(s); nothing written (use --skip-bad to write the {written} valid ones)", err=True)
+            raise SystemExit(1)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        bar.close()
+    click.echo(f"wrote {written} items to {out}" + (f" ({bad} bad records skipped)" if bad else ""), err=True)

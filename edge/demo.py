@@ -1,0 +1,70 @@
+"""The main job on a model: a short greedy chat reply and one MCQ answered by log-likelihood."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from globmed_edge.backends.base import GenerationRequest, ScoreRequest
+from globmed_edge.data.schema import MCQItem
+
+
+def mcq_prompt(item: MCQItem) -> str:
+    """The zero-shot prompt for log-likelihood scoring of the option letters."""
+    opts = "\n".join(f"{k}. {v}" for k, v in item.options.items())
+    return f"Question: {item.question}\n{opts}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    model: str
+    reply: str
+    reply_tokens: int
+    ttft_s: float
+    decode_tokens_per_s: float
+    item_id: str
+    item_lang: str
+    predicted: str
+    gold: str
+    option_logprobs: dict[str, float]
+
+
+def sample_items(lang: str | None = None) -> list[MCQItem]:
+    from importlib.resources import files
+
+    from globmed_edge.data.readers import iter_items
+
+    path = Path(str(files("globmed_edge.samples").joinpath("mcq_sample.jsonl")))
+    items = [i for i in iter_items([path]) if isinstance(i, MCQItem)]
+    return [i for i in items if lang is None or i.lang == lang]
+
+
+def run_demo(model_dir: Path, prompt: str, item: MCQItem, *, max_new_tokens: int = 48,
+             backend: str | None = None, threads: int | None = None) -> DemoResult:
+    from globmed_edge.backends import open_backend
+
+    be = open_backend(model_dir, backend, threads=threads)
+    be.load()
+    try:
+        start = time.perf_counter()
+        pieces, times = [], []
+        for ev in be.stream(GenerationRequest.from_text(prompt, max_new_tokens=max_new_tokens)):
+            pieces.append(ev.text)
+            times.append(ev.time)
+        ttft = times[0] - start if times else float("nan")
+        n = len(times)
+        decode = (n - 1) / (times[-1] - times[0]) if n > 1 and times[-1] > times[0] else float("nan")
+        context = mcq_prompt(item)
+        letters = list(item.options)
+        scores = be.score([ScoreRequest(context, f" {k}") for k in letters])
+        lps = {k: s.logprob for k, s in zip(letters, scores, strict=True)}
+        predicted = max(lps, key=lambda k: lps[k])
+    finally:
+        be.close()
+    return DemoResult(
+        model=str(model_dir), reply="".join(pieces).strip(), reply_tokens=n, ttft_s=ttft,
+        decode_tokens_per_s=decode, item_id=item.id, item_lang=item.lang, predicted=predicted,
+        gold=item.answer, option_logprobs={k: round(v, 3) if math.isfinite(v) else v for k, v in lps.items()},
+    )

@@ -1,0 +1,56 @@
+"""Where globmed-edge keeps its files, and the offline switches for the HF libraries."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Environment variables that keep transformers / huggingface_hub from touching the network.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def force_offline() -> None:
+    """Set the HF offline variables (idempotent). Called before any HF library is imported."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ[key] = value
+
+
+def data_home() -> Path:
+    """The user's data directory (prepared models, builds, chat history).
+
+    `GLOBMED_EDGE_HOME` overrides the platform default (e.g. ~/.local/share/globmed-edge).
+    """
+    override = os.environ.get("GLOBMED_EDGE_HOME")
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_data_path
+
+    return user_data_path("globmed-edge", appauthor=False)
+
+
+def models_dir() -> Path:
+    return data_home() / "models"
+
+
+def builds_dir() -> Path:
+    return data_home() / "builds"
+
+
+def shared_data_dir() -> Path | None:
+    """`../shared/data` beside the checkout, when present (CI and developer machines)."""
+    override = os.environ.get("GLOBMED_SHARED_DATA")
+    if override:
+        p = Path(override)
+        return p if p.is_dir() else None
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return None

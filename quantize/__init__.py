@@ -1,0 +1,1 @@
+"""Exporters: GGUF (llama.cpp), ONNX (onnxruntime) and GPTQ builds with parity checks."""

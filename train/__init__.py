@@ -1,0 +1,1 @@
+"""Fine-tuning recipes (SFT full and LoRA) on TRL/PEFT, scaled through accelerate."""

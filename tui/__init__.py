@@ -1,0 +1,1 @@
+"""The Textual chat app for clinic laptops. Core packages never import this."""
