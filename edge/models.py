@@ -178,8 +178,13 @@ def prepare(name: str = DEFAULT_MODEL, *, force: bool = False, progress: bool = 
             tok.chat_template = spec.chat_template
         steps.update()
         steps.set_postfix_str("weights")
+        # dequantize=True gives plain tensors (a "gguf-quantized" model refuses to save).
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+            quantization_config=transformers.GgufConfig(dequantize=True))
+        model.config.quantization_config = None
+        if hasattr(model.config, "__dict__"):
+            model.config.__dict__.pop("quantization_config", None)
         model.config.architectures = [spec.architecture]
         steps.update()
         steps.set_postfix_str("save")
