@@ -65,7 +65,7 @@ class UserError(click.ClickException):
 
     def __init__(self, exc: GlobmedError) -> None:
         super().__init__(str(exc))
-        self.exit_code = exc.exit_code
+        self.exit_code = exc.exit_code  # type: ignore[misc]
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)

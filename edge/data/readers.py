@@ -212,6 +212,12 @@ def read_jsonl(path: Path, defaults: Defaults = Defaults()) -> Iterator[Record]:
         yield _item_or_problem(path, lineno, obj)
 
 
+def _cell(row: dict[str, str], name: str | None, default: str | None) -> str | None:
+    """A CSV cell by column name; empty or absent cells give `default`."""
+    value = row.get(name) if name else None
+    return value if value not in (None, "") else default
+
+
 def _options_from(raw: Any) -> Any:
     if isinstance(raw, list):
         if len(raw) > len(LETTERS):
@@ -329,10 +335,11 @@ def read_csv(path: Path, mapping: CsvMapping, defaults: Defaults = Defaults()) -
             return
         option_cols = list(mapping.options) or [c for c in header if len(c) == 1 and c in LETTERS]
         required = [mapping.question, mapping.answer, *option_cols]
-        optional = {"lang": mapping.lang, "split": mapping.split, "dataset": mapping.dataset}
-        for name, col in optional.items():
-            if getattr(defaults, name) is None and (col is None or col not in header):
-                required.append(col or name)
+        # lang and split must come from a column or a default; dataset defaults to the file name.
+        optional = {"lang": mapping.lang, "split": mapping.split}
+        for name, column in optional.items():
+            if getattr(defaults, name) is None and (column is None or column not in header):
+                required.append(column or name)
         missing = [c for c in required if c not in header]
         if not option_cols:
             missing.append("option columns (A, B, ... or options=col1,col2)")
@@ -357,21 +364,17 @@ def read_csv(path: Path, mapping: CsvMapping, defaults: Defaults = Defaults()) -
             while options and not options[LETTERS[len(options) - 1]].strip():
                 options.pop(LETTERS[len(options) - 1])
 
-            def col(name: str | None, default: str | None) -> str | None:
-                value = row.get(name) if name else None
-                return value if value not in (None, "") else default
-
-            lang = col(mapping.lang, defaults.lang)
-            split = col(mapping.split, defaults.split)
-            dataset = col(mapping.dataset, defaults.dataset or path.stem)
+            lang = _cell(row, mapping.lang, defaults.lang)
+            split = _cell(row, mapping.split, defaults.split)
+            dataset = _cell(row, mapping.dataset, defaults.dataset or path.stem)
             rec: dict[str, Any] = {
-                "id": col(mapping.id, None) or f"{dataset}-{split}-{n}",
+                "id": _cell(row, mapping.id, None) or f"{dataset}-{split}-{n}",
                 "dataset": dataset, "lang": lang, "split": split,
                 "question": row.get(mapping.question), "options": options,
                 "answer": _answer_letter((row.get(mapping.answer) or "").strip(), options),
-                "license": col(mapping.license, defaults.license),
+                "license": _cell(row, mapping.license, defaults.license),
             }
-            if col(mapping.rationale, None):
+            if _cell(row, mapping.rationale, None):
                 rec["rationale"] = row[mapping.rationale]  # type: ignore[index]
             n += 1
             yield _item_or_problem(path, lineno, rec)

