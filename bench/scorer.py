@@ -1,0 +1,148 @@
+"""Log-likelihood scoring of multiple-choice items through any backend (the one rule for all).
+
+For every item the prompt (`bench.prompts.mcq_prompt`) is the context and two sets of
+continuations are scored in the same `backend.score` batch:
+
+* letter rule: `" A"`, `" B"`, ... -> prediction = argmax of log P(" X" | prompt);
+* text rule: `" <option text>"` -> prediction = argmax of log P(text | prompt) divided by the
+  text's length in characters (lm-evaluation-harness's `acc_norm`; characters, not tokens, so
+  builds with different tokenizers are normalised alike).
+
+Ties go to the earliest option (numpy argmax). A NaN log-likelihood (a broken build) counts as
+-inf, so it can never be the prediction. Backends get whole batches (`batch_items` items, all
+options of an item sharing one context) and reuse the shared prompt prefix internally.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from globmed_edge.backends.base import ScoreRequest
+from globmed_edge.bench.prompts import letter_continuations, mcq_prompt, text_continuations
+from globmed_edge.data.schema import LETTERS, MCQItem
+from globmed_edge.errors import BackendError, ConfigError
+
+Rule = Literal["letter", "text"]
+
+
+@dataclass(frozen=True)
+class ItemScore:
+    item_id: str
+    lang: str
+    gold: str
+    pred_letter: str  # argmax of log P(" X" | prompt) over option letters
+    pred_text: str  # argmax of length-normalised log P(option text | prompt)
+    letter_logprobs: tuple[float, ...]
+    text_logprobs_norm: tuple[float, ...]
+
+    @property
+    def correct_letter(self) -> bool:
+        return self.pred_letter == self.gold
+
+    @property
+    def correct_text(self) -> bool:
+        return self.pred_text == self.gold
+
+    def correct(self, rule: Rule = "letter") -> bool:
+        return self.correct_letter if rule == "letter" else self.correct_text
+
+    def pred(self, rule: Rule = "letter") -> str:
+        return self.pred_letter if rule == "letter" else self.pred_text
+
+    def distribution(self, rule: Rule = "letter") -> tuple[float, ...]:
+        """Softmax over the option scores: the model's answer distribution (for drift/KL)."""
+        return softmax(self.letter_logprobs if rule == "letter" else self.text_logprobs_norm)
+
+
+def _clean(x: float) -> float:
+    return -math.inf if math.isnan(x) else float(x)
+
+
+def argmax(values: Sequence[float]) -> int:
+    best, best_i = -math.inf, 0
+    for i, v in enumerate(values):
+        if v > best:
+            best, best_i = v, i
+    return best_i
+
+
+def softmax(values: Sequence[float]) -> tuple[float, ...]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return tuple(1.0 / len(values) for _ in values)
+    m = max(finite)
+    exps = [math.exp(v - m) if math.isfinite(v) else 0.0 for v in values]
+    total = sum(exps)
+    return tuple(e / total for e in exps)
+
+
+def build_requests(item: MCQItem, context: str) -> list[ScoreRequest]:
+    """Letter continuations then text continuations, all on one context."""
+    return [ScoreRequest(context, c) for c in letter_continuations(item) + text_continuations(item)]
+
+
+def score_from_results(item: MCQItem, letter_lps: Sequence[float], text_lps: Sequence[float]) -> ItemScore:
+    texts = text_continuations(item)
+    letter = tuple(_clean(x) for x in letter_lps)
+    norm = tuple(_clean(x) / max(1, len(t)) for x, t in zip(text_lps, texts, strict=True))
+    return ItemScore(
+        item_id=item.id, lang=item.lang, gold=item.answer,
+        pred_letter=LETTERS[argmax(letter)], pred_text=LETTERS[argmax(norm)],
+        letter_logprobs=letter, text_logprobs_norm=norm,
+    )
+
+
+def score_mcq(
+    backend: Any,
+    items: Sequence[MCQItem],
+    *,
+    shots: Mapping[str, Sequence[MCQItem]] | None = None,
+    batch_items: int = 8,
+    progress: bool = False,
+) -> list[ItemScore]:
+    """Score `items` (in order) with a loaded backend; `shots` maps lang -> solved examples."""
+    if batch_items < 1:
+        raise ConfigError(f"batch_items must be >= 1, got {batch_items}")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc="scoring", unit="item", leave=False)
+    out: list[ItemScore] = []
+    try:
+        for start in range(0, len(items), batch_items):
+            chunk = items[start: start + batch_items]
+            requests: list[ScoreRequest] = []
+            for item in chunk:
+                context = mcq_prompt(item, (shots or {}).get(item.lang, ()))
+                requests += build_requests(item, context)
+            results = backend.score(requests)
+            if len(results) != len(requests):
+                raise BackendError(
+                    f"{getattr(backend, 'path', backend)}: score() returned {len(results)} results "
+                    f"for {len(requests)} requests")
+            pos = 0
+            for item in chunk:
+                n = len(item.options)
+                lps = [r.logprob for r in results[pos: pos + 2 * n]]
+                out.append(score_from_results(item, lps[:n], lps[n:]))
+                pos += 2 * n
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def accuracy_by_lang(scores: Sequence[ItemScore], *, rule: Rule = "letter") -> dict[str, tuple[float, int]]:
+    """lang -> (accuracy, n), languages sorted by code."""
+    if rule not in ("letter", "text"):
+        raise ConfigError(f"rule must be 'letter' or 'text', got {rule!r}")
+    hits: dict[str, list[int]] = {}
+    for s in scores:
+        hits.setdefault(s.lang, []).append(int(s.correct(rule)))
+    return {lang: (sum(h) / len(h), len(h)) for lang, h in sorted(hits.items())}
