@@ -34,9 +34,9 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def list_(build_roots: tuple[Path, ...], as_json: bool) -> None:
     """Embedded models (prepared or not) and builds with their manifest status."""
-    from globmed_edge.manifest import find_builds, verify_build
     from globmed_edge.errors import ManifestError
-    from globmed_edge.models import MODELS, DEFAULT_MODEL, prepared_path, read_record
+    from globmed_edge.manifest import find_builds, verify_build
+    from globmed_edge.models import DEFAULT_MODEL, MODELS, prepared_path, read_record
     from globmed_edge.paths import builds_dir
 
     model_rows = []
@@ -183,7 +183,8 @@ def demo(model: str, prompt: str, lang: str, max_new_tokens: int, threads: int |
 
     from globmed_edge.demo import run_demo, sample_items
     from globmed_edge.errors import DataError
-    from globmed_edge.models import MODELS, prepare as do_prepare, resolve_model
+    from globmed_edge.models import MODELS, resolve_model
+    from globmed_edge.models import prepare as do_prepare
 
     path = do_prepare(model, progress=progress_enabled()) if model in MODELS else resolve_model(model)
     items = sample_items(lang)
