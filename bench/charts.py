@@ -1,0 +1,167 @@
+"""PNG charts for bench reports (matplotlib, Agg backend; the `report` extra).
+
+Each function takes records, draws one figure and returns the PNG bytes (None when the records
+hold nothing to draw), so the report can both write the files and embed them in the HTML.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from globmed_edge.bench.records import Record
+from globmed_edge.bench.summary import accuracy_records, drifts, groups, summarise, throughputs
+from globmed_edge.languages import lookup
+
+MB = 1024**2
+
+
+def _plt() -> Any:
+    from globmed_edge.deps import require
+
+    matplotlib = require("matplotlib", "report")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "figure.dpi": 110,
+                         "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def _log_x(ax: Any, xs: Sequence[float]) -> None:
+    """Log x axis with plain-number labels and room for the point labels on the right."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    if xs:
+        ax.set_xlim(min(xs) / 1.6, max(xs) * 3.0)
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _chance(ax: Any, records: Sequence[Any]) -> None:
+    """Dashed line at the accuracy of guessing (mean of 1/number of options)."""
+    ks = [len(lp) for r in records for lp in r.letter_logprobs]
+    if ks:
+        ax.axhline(100 * sum(1 / k for k in ks) / len(ks), ls="--", lw=1, color="grey", label="chance")
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def accuracy_vs_size(records: Sequence[Record]) -> bytes | None:
+    """One small panel per language (+ macro): accuracy with 95% CI against build size."""
+    gs = groups(records)
+    if not gs:
+        return None
+    task, device = gs[0]
+    acc = [r for r in accuracy_records(records) if r.task == task and r.device == device]
+    langs = sorted({r.lang for r in acc})
+    panels = ["macro", *langs]
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    plt = _plt()
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False, sharex=True)
+    sums = {s.build.name: s for s in summarise(records, task, device)}
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        if panel == "macro":
+            pts = sorted((s.build.size_bytes / MB, s.macro_accuracy, 0.0, 0.0, s.build.name) for s in sums.values())
+            ax.set_title("macro average (all languages)", fontweight="bold")
+        else:
+            pts = sorted((r.build.size_bytes / MB, r.accuracy, r.accuracy - r.ci_low, r.ci_high - r.accuracy,
+                          r.build.name) for r in acc if r.lang == panel)
+            tag = " (low-resource)" if lookup(panel).is_low_resource else ""
+            ax.set_title(f"{panel} - {lookup(panel).name}{tag} (n={next(r.n for r in acc if r.lang == panel)})")
+        xs, ys = [p[0] for p in pts], [100 * p[1] for p in pts]
+        ax.errorbar(xs, ys, yerr=[[100 * p[2] for p in pts], [100 * p[3] for p in pts]], fmt="o-",
+                    capsize=3, color="#1f77b4", ecolor="#9ecae1")
+        for x, y, p in zip(xs, ys, pts, strict=True):
+            ax.annotate(p[4], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        _log_x(ax, xs)
+        _chance(ax, acc if panel == "macro" else [r for r in acc if r.lang == panel])
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("accuracy %")
+    axes.flat[0].legend(loc="upper left", fontsize=8)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("build size (MiB, log scale)")
+    fig.suptitle(f"Accuracy vs build size per language ({task}, {device}; bars = 95% Wilson CI)", y=1.0)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def accuracy_vs_speed(records: Sequence[Record]) -> bytes | None:
+    """Macro accuracy against measured decode tokens/s, one point per build and device."""
+    gs = groups(records)
+    tps = throughputs(records)
+    if not gs or not tps:
+        return None
+    task = gs[0][0]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for device, marker in (("cpu", "o"), ("cuda", "s")):
+        sums = {s.build.name: s for s in summarise(records, task, device)} or {
+            s.build.name: s for s in summarise(records, task, gs[0][1])}
+        pts = [(t.decode_tokens_per_s, 100 * sums[t.build.name].macro_accuracy, t.build.name)
+               for t in tps if t.device == device and t.build.name in sums]
+        if not pts:
+            continue
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=60, marker=marker, label=device)
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    _log_x(ax, [t.decode_tokens_per_s for t in tps])
+    _chance(ax, accuracy_records(records))
+    ax.set_xlabel("decode speed (tokens/s, median, log scale)")
+    ax.set_ylabel("macro accuracy %")
+    ax.set_ylim(0, 100)
+    ax.legend(title="device")
+    ax.set_title(f"Accuracy vs decode speed ({task}); up and right is better")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def drift_heatmap(records: Sequence[Record]) -> bytes | None:
+    """Accuracy delta (points) vs the reference, builds x languages; '?' marks n too small."""
+    ds = drifts(records)
+    if not ds:
+        return None
+    task, device, ref = ds[0].task, ds[0].device, ds[0].reference
+    ds = [d for d in ds if (d.task, d.device, d.reference) == (task, device, ref)]
+    builds = sorted({d.build for d in ds})
+    langs = sorted({d.lang for d in ds})
+    cell = {(d.build, d.lang): d for d in ds}
+    import numpy as np
+
+    grid = np.full((len(builds), len(langs)), np.nan)
+    for (b, lang), d in cell.items():
+        grid[builds.index(b), langs.index(lang)] = 100 * d.delta
+    lim = max(5.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 5.0)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * len(langs) + 3.0), max(2.6, 0.6 * len(builds) + 1.6)))
+    im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    ax.grid(False)
+    ax.set_xticks(range(len(langs)), langs)
+    ax.set_yticks(range(len(builds)), builds)
+    for (b, lang), d in cell.items():
+        txt = f"{100 * d.delta:+.1f}" + ("" if d.resolves_2pt else "?")
+        ax.text(langs.index(lang), builds.index(b), txt, ha="center", va="center", fontsize=8,
+                color="white" if abs(100 * d.delta) > 0.6 * lim else "black")
+    fig.colorbar(im, ax=ax, label="accuracy change (points)")
+    ax.set_title(f"Accuracy change vs reference {ref} ({task}, {device})\n"
+                 "blue = better, red = worse; '?' = n too small to resolve a 2-point change", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+CHARTS = {"accuracy_vs_size.png": accuracy_vs_size, "accuracy_vs_speed.png": accuracy_vs_speed,
+          "drift_heatmap.png": drift_heatmap}

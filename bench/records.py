@@ -1,0 +1,231 @@
+"""Typed, versioned result records, written as JSON lines and read back tolerantly.
+
+Record types (field `type`), each with `schema_version`:
+
+* `accuracy`   one build x device x task x language: accuracy (letter and text rules), n, Wilson
+               95% CI, extraction failures (generate mode) and the per-item predictions and
+               option log-likelihoods that drift and every report number are re-derived from.
+* `drift`      one build x reference x device x task x language (computed from two accuracy records).
+* `throughput` one build x device: prefill/decode tokens/s, TTFT, peak memory, hardware profile.
+
+`ResultsFile.append` writes one line, flushes and fsyncs it, so a killed run loses at most the
+record being written. Reading skips a truncated (unterminated, undecodable) last line and keeps
+the first record of any duplicated key, so a resumed run never redoes or double-counts work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from globmed_edge.errors import DataError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What a report needs to know about a build, read from its manifest (or its files)."""
+
+    name: str
+    path: str
+    format: str
+    quantization: str
+    size_bytes: int
+    bits_per_weight: float | None = None
+
+
+@dataclass(frozen=True)
+class AccuracyRecord:
+    type: ClassVar[str] = "accuracy"
+    build: BuildInfo
+    device: str
+    task: str  # e.g. "mcq-loglik-0shot"
+    lang: str
+    datasets: tuple[str, ...]
+    split: str
+    items_hash: str  # sha256 of the sorted item ids scored: part of the resume key
+    n: int
+    correct_letter: int
+    correct_text: int
+    accuracy: float  # the headline rule: letter (loglik) or extracted answer (generate)
+    accuracy_text: float | None
+    ci_low: float
+    ci_high: float
+    extraction_failures: int | None = None  # generate mode only
+    item_ids: tuple[str, ...] = ()
+    gold: tuple[str, ...] = ()
+    pred: tuple[str, ...] = ()  # "" = no answer extracted (generate mode)
+    pred_text: tuple[str, ...] = ()
+    letter_logprobs: tuple[tuple[float, ...], ...] = ()
+    seconds: float = 0.0
+    host: str = ""
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def key(self) -> tuple[str, ...]:
+        return (self.type, self.build.name, self.device, self.task, self.lang, self.items_hash)
+
+
+@dataclass(frozen=True)
+class DriftRecord:
+    type: ClassVar[str] = "drift"
+    build: str
+    reference: str
+    device: str
+    task: str
+    lang: str
+    n: int
+    accuracy: float
+    reference_accuracy: float
+    delta: float  # accuracy - reference accuracy
+    flips: int  # items whose correctness differs
+    flip_rate: float
+    right_to_wrong: int
+    wrong_to_right: int
+    mcnemar_p: float
+    top1_agreement: float
+    mean_kl: float | None  # None when there are no option log-likelihoods (generate mode)
+    resolves_2pt: bool  # False: n too small to resolve a 2-point accuracy change
+    items_hash: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def key(self) -> tuple[str, ...]:
+        return (self.type, self.build, self.reference, self.device, self.task, self.lang, self.items_hash)
+
+
+@dataclass(frozen=True)
+class ThroughputRecord:
+    type: ClassVar[str] = "throughput"
+    build: BuildInfo
+    device: str
+    threads: int | None
+    prompt_tokens: int
+    new_tokens: int
+    repeats: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    ttft_s: float
+    peak_rss_bytes: int
+    cuda_peak_allocated_bytes: int | None = None
+    cuda_reserved_bytes: int | None = None
+    runs: tuple[dict[str, float], ...] = ()  # every repeat, for the medians to be re-derived
+    hardware: dict[str, Any] = field(default_factory=dict)
+    host: str = ""
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def key(self) -> tuple[str, ...]:
+        return (self.type, self.build.name, self.device, str(self.threads))
+
+
+Record = AccuracyRecord | DriftRecord | ThroughputRecord
+RECORD_TYPES: dict[str, type[Any]] = {c.type: c for c in (AccuracyRecord, DriftRecord, ThroughputRecord)}
+
+
+def to_dict(rec: Record) -> dict[str, Any]:
+    return {"type": rec.type, **asdict(rec)}
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def from_dict(data: Any, where: str = "record") -> Record:
+    if not isinstance(data, dict):
+        raise DataError(f"{where}: a record must be a JSON object")
+    kind = data.get("type")
+    if kind not in RECORD_TYPES:
+        raise DataError(f"{where}: unknown record type {kind!r} (known: {', '.join(RECORD_TYPES)})")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(f"{where}: schema_version {data.get('schema_version')!r} is not supported "
+                        f"(expected {SCHEMA_VERSION})")
+    cls = RECORD_TYPES[kind]
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known - {"type"})
+    if unknown:
+        raise DataError(f"{where}: unknown key(s) {', '.join(unknown)} in a {kind} record")
+    kwargs = {k: (v if k in ("hardware",) else _tuples(v)) for k, v in data.items() if k != "type"}
+    if kind == "throughput":
+        kwargs["runs"] = tuple(dict(r) for r in data.get("runs", []))
+    if "build" in kwargs and isinstance(data["build"], dict):
+        kwargs["build"] = BuildInfo(**data["build"])
+    try:
+        return cls(**kwargs)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise DataError(f"{where}: bad {kind} record ({exc})") from None
+
+
+def iter_records(path: Path) -> Iterator[Record]:
+    """Records of one results file; a truncated last line (a killed run) is skipped, others raise."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        lines = fh.read().split(b"\n")
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        last = i == len(lines)  # no newline after it: the write was interrupted
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            if last:
+                continue
+            raise DataError("not a JSON record", path, i) from None
+        yield from_dict(data, f"{path}:{i}")
+
+
+def merge(paths: Iterable[Path]) -> list[Record]:
+    """Records of several files (several machines), first occurrence of each key kept."""
+    seen: set[tuple[str, ...]] = set()
+    out: list[Record] = []
+    for p in paths:
+        for rec in iter_records(p):
+            if rec.key() not in seen:
+                seen.add(rec.key())
+                out.append(rec)
+    return out
+
+
+class ResultsFile:
+    """Append-only JSON-lines results file that knows which keys it already holds."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.records: list[Record] = merge([self.path]) if self.path.is_file() else []
+        self.keys = {r.key() for r in self.records}
+        self._repair_tail()
+
+    def _repair_tail(self) -> None:
+        """Cut an interrupted last line so the next append starts on a fresh line."""
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            with open(self.path, "r+b") as fh:
+                fh.truncate(cut)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys
+
+    def append(self, rec: Record) -> bool:
+        """Write `rec` durably unless its key is already there; True when written."""
+        if rec.key() in self.keys:
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(to_dict(rec), ensure_ascii=False, allow_nan=True) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.keys.add(rec.key())
+        self.records.append(rec)
+        return True

@@ -1,0 +1,223 @@
+"""`bench run`: score builds per language, time them, compare them with a reference.
+
+Each build is benched in a child process of its own (`python -m globmed_edge.bench.runner`),
+which opens it through the backend protocol and appends one accuracy record per language to
+the results file as soon as that language is done. A build or language whose record is already
+in the file (same build, device, task, language and item set) is skipped, so an interrupted run
+resumes where it stopped. Throughput runs in yet another child per build (see throughput.py).
+Drift records are computed last, from the accuracy records of each build and the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from globmed_edge.bench.records import AccuracyRecord, BuildInfo, ResultsFile, ThroughputRecord
+from globmed_edge.bench.stats import wilson
+from globmed_edge.bench.tasks import MODES, TASKS, TaskData, TaskSpec, items_hash, load_task
+from globmed_edge.data.schema import MCQItem
+from globmed_edge.errors import BackendError, ConfigError
+
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".onnx", ".bin", ".data", ".onnx_data")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    builds: tuple[str, ...]
+    task: TaskSpec
+    out: str
+    device: str = "cpu"
+    threads: int | None = None
+    reference: str | None = None
+    throughput: bool = False
+    repeats: int = 3
+    new_tokens: int = 64
+    batch_items: int = 8
+    max_new_tokens: int = 24  # generate mode
+    isolate: bool = True  # each build in its own process
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class LangOutcome:
+    pred: tuple[str, ...]
+    pred_text: tuple[str, ...]
+    letter_logprobs: tuple[tuple[float, ...], ...]
+    failures: int | None = None
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def build_info(path: str | Path) -> BuildInfo:
+    """Name, format, quantization and size of a build from its manifest (or its files)."""
+    from globmed_edge.backends import detect_format
+
+    p = Path(path)
+    if (p / "manifest.json").is_file():
+        from globmed_edge.manifest import load_manifest
+
+        m = load_manifest(p)
+        return BuildInfo(m.name, str(p), m.format, m.quantization, m.size_bytes, m.bits_per_weight)
+    fmt = detect_format(p)
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)]
+    quant = "unknown"
+    if (p / "config.json").is_file():
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+        quant = str(cfg.get("dtype") or cfg.get("torch_dtype") or "unknown")
+    return BuildInfo(p.stem if p.is_file() else p.name, str(p), fmt, quant, sum(f.stat().st_size for f in files))
+
+
+def run_loglik(backend: Any, items: Sequence[MCQItem], shots: Sequence[MCQItem], *,
+               batch_items: int = 8, max_new_tokens: int = 0, progress: bool = False) -> LangOutcome:
+    """The `mcq-loglik` task: letter and length-normalised text rules from one scoring pass."""
+    from globmed_edge.bench.scorer import score_mcq
+
+    scores = score_mcq(backend, items, shots={items[0].lang: shots} if items else None,
+                       batch_items=batch_items, progress=progress)
+    return LangOutcome(
+        pred=tuple(s.pred_letter for s in scores), pred_text=tuple(s.pred_text for s in scores),
+        letter_logprobs=tuple(tuple(round(x, 5) for x in s.letter_logprobs) for s in scores))
+
+
+def make_record(info: BuildInfo, cfg: RunConfig, data: TaskData, lang: str, out: LangOutcome,
+                seconds: float) -> AccuracyRecord:
+    items = data.items[lang]
+    gold = tuple(i.answer for i in items)
+    n = len(items)
+    k = sum(p == g for p, g in zip(out.pred, gold, strict=True))
+    kt = sum(p == g for p, g in zip(out.pred_text, gold, strict=True)) if out.pred_text else 0
+    low, high = wilson(k, n)
+    return AccuracyRecord(
+        build=info, device=cfg.device, task=cfg.task.task_name, lang=lang, datasets=data.datasets,
+        split=cfg.task.split, items_hash=items_hash(items), n=n, correct_letter=k, correct_text=kt,
+        accuracy=k / n, accuracy_text=kt / n if out.pred_text else None, ci_low=low, ci_high=high,
+        extraction_failures=out.failures, item_ids=tuple(i.id for i in items), gold=gold, pred=out.pred,
+        pred_text=out.pred_text, letter_logprobs=out.letter_logprobs, seconds=round(seconds, 3),
+        host=platform.node(), created_at=now())
+
+
+def pending_langs(results: ResultsFile, info: BuildInfo, cfg: RunConfig, data: TaskData) -> list[str]:
+    return [lang for lang, its in data.items.items()
+            if ("accuracy", info.name, cfg.device, cfg.task.task_name, lang, items_hash(its)) not in results]
+
+
+def bench_build(cfg: RunConfig, build: str, data: TaskData | None = None,
+                log: Callable[[str], None] = print) -> int:
+    """Score one build on every pending language in this process; returns records written."""
+    from globmed_edge.backends import open_backend
+
+    data = data or load_task(cfg.task)
+    info = build_info(build)
+    results = ResultsFile(cfg.out)
+    todo = pending_langs(results, info, cfg, data)
+    if not todo:
+        return 0
+    task = TASKS.load(MODES[cfg.task.mode])
+    backend = open_backend(build, device=cfg.device, threads=cfg.threads)
+    backend.load()
+    written = 0
+    try:
+        for lang in todo:
+            start = time.perf_counter()
+            out = task(backend, data.items[lang], data.shots.get(lang, ()), batch_items=cfg.batch_items,
+                       max_new_tokens=cfg.max_new_tokens, progress=cfg.progress)
+            rec = make_record(info, cfg, data, lang, out, time.perf_counter() - start)
+            written += results.append(rec)
+            log(f"{info.name} {lang}: accuracy {rec.accuracy:.3f} (n={rec.n}, "
+                f"95% CI {rec.ci_low:.3f}-{rec.ci_high:.3f}) in {rec.seconds:.1f} s")
+    finally:
+        backend.close()
+    return written
+
+
+def _bench_build_isolated(cfg: RunConfig, build: str) -> None:
+    spec = json.dumps({"cfg": asdict(cfg), "build": build})
+    proc = subprocess.run([sys.executable, "-m", "globmed_edge.bench.runner", spec], text=True)
+    if proc.returncode != 0:
+        raise BackendError(f"{build}: bench child process exited with status {proc.returncode}")
+
+
+def throughput_record(cfg: RunConfig, build: str) -> ThroughputRecord:
+    from globmed_edge.bench.throughput import ThroughputSpec, measure
+
+    info = build_info(build)
+    res = measure(ThroughputSpec(build, cfg.device, cfg.threads, cfg.repeats, cfg.new_tokens))
+    med, mem = res["median"], res["memory"]
+    return ThroughputRecord(
+        build=info, device=cfg.device, threads=cfg.threads, prompt_tokens=int(med["prompt_tokens"]),
+        new_tokens=int(med["new_tokens"]), repeats=cfg.repeats,
+        prefill_tokens_per_s=med["prefill_tokens_per_s"], decode_tokens_per_s=med["decode_tokens_per_s"],
+        ttft_s=med["ttft_s"], peak_rss_bytes=int(mem["peak_rss_bytes"]),
+        cuda_peak_allocated_bytes=mem.get("cuda_peak_allocated_bytes"),
+        cuda_reserved_bytes=mem.get("cuda_reserved_bytes"), runs=tuple(res["runs"]),
+        hardware=res["hardware"], host=platform.node(), created_at=now())
+
+
+def run_bench(cfg: RunConfig, log: Callable[[str], None] = print) -> ResultsFile:
+    """The whole run: accuracy per build (reference first), throughput, then drift records."""
+    from globmed_edge.bench.drift import drift_records
+
+    builds = list(dict.fromkeys(([cfg.reference] if cfg.reference else []) + list(cfg.builds)))
+    names = [build_info(b).name for b in builds]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"two builds share the name {dup[0]!r}; records are keyed by build name")
+    data = load_task(cfg.task)
+    log(f"task {cfg.task.task_name}: {sum(len(v) for v in data.items.values())} items in "
+        f"{len(data.items)} language(s): {', '.join(f'{k}={len(v)}' for k, v in data.items.items())}")
+    for build in builds:
+        info = build_info(build)
+        todo = pending_langs(ResultsFile(cfg.out), info, cfg, data)
+        if not todo:
+            log(f"{info.name}: accuracy records already in {cfg.out}, skipped")
+        elif cfg.isolate:
+            _bench_build_isolated(cfg, build)
+        else:
+            bench_build(cfg, build, data, log)
+        if cfg.throughput:
+            results = ResultsFile(cfg.out)
+            if ("throughput", info.name, cfg.device, str(cfg.threads)) in results:
+                log(f"{info.name}: throughput record already there, skipped")
+            else:
+                rec = throughput_record(cfg, build)
+                results.append(rec)
+                log(f"{info.name}: decode {rec.decode_tokens_per_s:.1f} tok/s, prefill "
+                    f"{rec.prefill_tokens_per_s:.1f} tok/s, TTFT {rec.ttft_s * 1000:.0f} ms, "
+                    f"peak RSS {rec.peak_rss_bytes / 2**20:.0f} MiB")
+    results = ResultsFile(cfg.out)
+    if cfg.reference:
+        ref = build_info(cfg.reference).name
+        for rec in drift_records(results.records, ref):
+            if results.append(rec):
+                log(f"drift {rec.build} vs {rec.reference} {rec.lang}: delta {rec.delta:+.3f}, "
+                    f"flips {rec.flip_rate:.3f}, McNemar p={rec.mcnemar_p:.3g}")
+    return results
+
+
+def _main(argv: list[str]) -> int:
+    from globmed_edge.errors import GlobmedError
+
+    spec = json.loads(argv[0])
+    cfg_d = spec["cfg"]
+    cfg = RunConfig(**{**cfg_d, "builds": tuple(cfg_d["builds"]), "task": TaskSpec(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in cfg_d["task"].items()})})
+    try:
+        bench_build(replace(cfg, isolate=False), spec["build"], log=lambda m: print(m, file=sys.stderr))
+    except GlobmedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
