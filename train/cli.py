@@ -58,10 +58,14 @@ def train(config: str | None, overrides: tuple[str, ...], merge: bool | None, dr
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    import contextlib
+
     from globmed_edge.train.recipe import run
 
     try:
-        result = run(cfg, progress=not quiet)
+        # The trainer prints its log lines; keep stdout for the result JSON alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run(cfg, progress=not quiet)
     except KeyboardInterrupt:
         click.echo(f"interrupted; run the same command again to resume from the latest checkpoint "
                    f"in {cfg.output_dir}", err=True)

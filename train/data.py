@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from globmed_edge.data.schema import ChatItem, Item, MCQItem
+from globmed_edge.data.schema import Item, MCQItem
 from globmed_edge.errors import DataError
 
 Messages = list[dict[str, str]]
