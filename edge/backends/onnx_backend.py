@@ -1,0 +1,369 @@
+"""The onnxruntime backend: ONNX builds made by `quantize --format onnx:...` (CPU, or CUDA EP).
+
+It drives the decoder graph with a plain `onnxruntime.InferenceSession` rather than
+onnxruntime-genai's generator: one session serves generation (its own KV-cache loop), scoring
+(a context is run once and its KV cache is repeated across the batch of continuations) and
+all-position log-probabilities (one pass with an empty past), and it also runs the fp16 graph
+that the genai generator rejects on CPU. Tokenization uses the build's own tokenizer.json through
+the `tokenizers` library and its chat template through a sandboxed jinja2 environment set up the
+way transformers sets it up, so token ids and prompts match the source model's exactly (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from globmed_edge.backends.base import (
+    Capabilities,
+    GenerationRequest,
+    MemoryReport,
+    Message,
+    ScoreRequest,
+    ScoreResult,
+    TokenEvent,
+    process_memory,
+    split_pair,
+)
+from globmed_edge.backends.transformers_backend import IncrementalDecoder
+from globmed_edge.deps import require
+from globmed_edge.errors import BackendError, ModelError
+
+SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+
+
+class BuildTokenizer:
+    """A build's tokenizer.json and chat template, without transformers or torch.
+
+    The jinja2 environment mirrors transformers' `apply_chat_template` (sandboxed, trim_blocks,
+    lstrip_blocks, loopcontrols, `raise_exception`, `strftime_now`, a non-escaping `tojson`,
+    the `{% generation %}` tag), with the tokenizer's special tokens in the context.
+    """
+
+    def __init__(self, build: Path) -> None:
+        tokenizers = require("tokenizers", "onnx")
+        path = build / "tokenizer.json"
+        if not path.is_file():
+            raise ModelError(f"{build}: the build has no tokenizer.json")
+        try:
+            self._tok = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad files
+            raise ModelError(f"{path}: unreadable tokenizer ({str(exc)[:200]})") from None
+        config: dict[str, Any] = {}
+        if (build / "tokenizer_config.json").is_file():
+            config = json.loads((build / "tokenizer_config.json").read_text(encoding="utf-8"))
+        template = config.get("chat_template")
+        if (build / "chat_template.jinja").is_file():
+            template = (build / "chat_template.jinja").read_text(encoding="utf-8")
+        self.chat_template: str | None = template if isinstance(template, str) else None
+        self.special = {k: _token_str(config.get(k)) for k in SPECIAL_KEYS}
+        self._where = build
+        self._compiled: Any = None
+
+    def encode(self, text: str, *, add_special: bool = False) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=add_special).ids)
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
+        return str(self._tok.decode(list(ids), skip_special_tokens=skip_special))
+
+    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        if not self.chat_template:
+            raise ModelError(f"{self._where}: the build has no chat template")
+        if self._compiled is None:
+            self._compiled = _compile_template(self.chat_template)
+        return str(self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         tools=None, documents=None, **self.special))
+
+
+def _token_str(value: Any) -> str | None:
+    if isinstance(value, dict):  # AddedToken serialised as {"content": ...}
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _compile_template(source: str) -> Any:
+    from datetime import datetime
+
+    jinja2 = require("jinja2", "onnx")
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):  # transformers' assistant-mask tag; renders its body as is
+        tags = {"generation"}  # noqa: RUF012
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller: Any) -> str:
+            return str(caller())
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[Generation, "jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: (
+        json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys))
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as exc:
+        raise ModelError(f"chat template: syntax error ({exc})") from None
+
+
+class OnnxBackend:
+    name: ClassVar[str] = "onnx"
+    capabilities: ClassVar[Capabilities] = Capabilities(devices=("cpu", "cuda"))
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", threads: int | None = None,
+                 context_length: int | None = None, batch_size: int = 8, **_: Any) -> None:
+        self.path = Path(path)
+        self.device = device
+        self.threads = threads
+        self.batch_size = max(1, int(batch_size))
+        self._context_length = context_length
+        self.session: Any = None
+        self.tokenizer: BuildTokenizer | None = None
+        self.manifest: Any = None
+        self._eos_ids: set[int] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def load(self) -> None:
+        ort = require("onnxruntime", "onnx")
+        np = require("numpy", "onnx")
+        if (self.path / "manifest.json").is_file():
+            from globmed_edge.manifest import require_valid_build
+
+            self.manifest = require_valid_build(self.path)
+            if self.manifest.format != "onnx":
+                raise ModelError(f"{self.path}: manifest format is {self.manifest.format!r}, not 'onnx'")
+        cfg_path = self.path / "genai_config.json"
+        if not cfg_path.is_file():
+            raise ModelError(f"{self.path}: not an ONNX build (no genai_config.json)")
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))["model"]
+            dec = cfg["decoder"]
+            self._layers, self._kv_heads = int(dec["num_hidden_layers"]), int(dec["num_key_value_heads"])
+            self._head = int(dec["head_size"])
+            self._names = ins, outs = dec["inputs"], dec["outputs"]
+            self._kv_pairs = [(outs[o] % i, ins[p] % i) for i in range(self._layers) for o, p in (
+                ("present_key_names", "past_key_names"), ("present_value_names", "past_value_names"))]
+            model_file = self.path / dec.get("filename", "model.onnx")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"{cfg_path}: unreadable genai config ({exc})") from None
+        self._context = self._context_length or int(cfg.get("context_length", 2048))
+        eos = cfg.get("eos_token_id")
+        self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self._pad = int(cfg.get("pad_token_id") or 0)
+        if not model_file.is_file():
+            raise ModelError(f"{model_file}: missing from the build")
+        self.tokenizer = BuildTokenizer(self.path)
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = int(self.threads)
+            opts.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendError(f"device {self.device!r} requested but this onnxruntime has no CUDA "
+                                   "provider (install onnxruntime-gpu: the [onnx-gpu] extra)")
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(model_file), opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
+            raise ModelError(f"{model_file}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self._has_pos = "position_ids" in inputs
+        self._ids_dtype = np.int32 if inputs["input_ids"].type == "tensor(int32)" else np.int64
+        past0 = self._names[0]["past_key_names"] % 0
+        self._kv_dtype = {"tensor(float16)": np.float16, "tensor(bfloat16)": None}.get(
+            inputs[past0].type, np.float32)
+        if self._kv_dtype is None:
+            raise ModelError(f"{model_file}: bf16 KV cache is not supported by numpy-fed sessions")
+
+    def close(self) -> None:
+        self.session = None
+        self.tokenizer = None
+
+    def _require_loaded(self) -> BuildTokenizer:
+        if self.session is None or self.tokenizer is None:
+            raise BackendError("backend used before load()")
+        return self.tokenizer
+
+    # ------------------------------------------------------------------ the decoder graph
+
+    def _run(self, ids: Any, past: dict[str, Any] | None, past_len: int) -> tuple[Any, dict[str, Any]]:
+        """One decoder step for a [batch, seq] block of ids after `past_len` cached positions."""
+        import numpy as np
+
+        batch, seq = ids.shape
+        if past_len + seq > self._context:
+            raise BackendError(f"{past_len + seq} tokens exceed the context length {self._context}")
+        ins, outs = self._names
+        if past is None:
+            shape = (batch, self._kv_heads, 0, self._head)
+            past = {ins[key] % i: np.zeros(shape, dtype=self._kv_dtype)
+                    for i in range(self._layers) for key in ("past_key_names", "past_value_names")}
+        feed = {ins.get("input_ids", "input_ids"): ids.astype(self._ids_dtype),
+                ins.get("attention_mask", "attention_mask"): np.ones((batch, past_len + seq), np.int64),
+                **past}
+        if self._has_pos:
+            feed["position_ids"] = np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64),
+                                                   (batch, seq)).copy()
+        result = self.session.run([outs.get("logits", "logits")] + [o for o, _ in self._kv_pairs], feed)
+        present = {p: v for (_, p), v in zip(self._kv_pairs, result[1:], strict=True)}
+        return result[0], present
+
+    @staticmethod
+    def _log_softmax(x: Any) -> Any:
+        import numpy as np
+
+        x = x.astype(np.float32)
+        x = x - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    # ------------------------------------------------------------------ text
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        return self._require_loaded().encode(text, add_special=add_special)
+
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        return self._require_loaded().render_chat(
+            [{"role": m.role, "content": m.content} for m in messages], add_generation_prompt)
+
+    # ------------------------------------------------------------------ generation
+
+    def stream(self, request: GenerationRequest, *, cancel: threading.Event | None = None
+               ) -> Iterator[TokenEvent]:
+        import numpy as np
+
+        tok = self._require_loaded()
+        ids = tok.encode(self.render_chat(request.messages), add_special=False)
+        rng = np.random.default_rng(request.seed)
+        decoder = IncrementalDecoder(lambda t: tok.decode(t, skip_special=True))
+        block, past, past_len, emitted = np.array([ids]), None, 0, ""
+        budget = min(request.max_new_tokens, self._context - len(ids))
+        if budget <= 0:
+            raise BackendError(f"the prompt ({len(ids)} tokens) fills the context length {self._context}")
+        for i in range(budget):
+            if cancel is not None and cancel.is_set():
+                yield TokenEvent("", i, time.perf_counter(), finish_reason="cancelled")
+                return
+            logits, past = self._run(block, past, past_len)
+            past_len += block.shape[1]
+            token = self._pick(logits[0, -1].astype(np.float32), request, rng)
+            now, first = time.perf_counter(), (len(ids) if i == 0 else None)
+            if token in self._eos_ids:
+                yield TokenEvent("", i, now, token, "stop", first)
+                return
+            delta = decoder.push(token)
+            emitted += delta
+            hit = next((s for s in request.stop if s in emitted), None)
+            if hit is not None:
+                keep = delta[: max(0, len(delta) - (len(emitted) - emitted.index(hit)))]
+                yield TokenEvent(keep, i, now, token, "stop", first)
+                return
+            yield TokenEvent(delta, i, now, token, "length" if i == budget - 1 else None, first)
+            block = np.array([[token]])
+
+    @staticmethod
+    def _pick(logits: Any, request: GenerationRequest, rng: Any) -> int:
+        import numpy as np
+
+        if request.temperature <= 0:
+            return int(np.argmax(logits))
+        z = logits / request.temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        if request.top_p < 1.0:
+            order = np.argsort(-p)
+            sorted_p = p[order]
+            keep = np.cumsum(sorted_p) - sorted_p < request.top_p
+            p = np.zeros_like(p)
+            p[order[keep]] = sorted_p[keep]
+            p /= p.sum()
+        return int(rng.choice(len(p), p=p))
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Log-likelihoods; each distinct context runs once, its options as batches over its cache."""
+        self._require_loaded()
+        results: list[ScoreResult | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            if not r.context:
+                raise BackendError("score() needs a non-empty context")
+            groups.setdefault(r.context, []).append(i)
+        tok = lambda s: self.tokenize(s, add_special=True)  # noqa: E731
+        for context, idxs in groups.items():
+            pairs = [split_pair(tok, context, requests[i].continuation) for i in idxs]
+            ctx = pairs[0][0]
+            for c, _ in pairs[1:]:  # cache only the prefix every option's context shares
+                n = 0
+                while n < min(len(ctx), len(c)) and ctx[n] == c[n]:
+                    n += 1
+                ctx = ctx[:n]
+            if not ctx:
+                raise BackendError("score(): context encodes to no tokens")
+            conts = [c[len(ctx):] + k for c, k in pairs]
+            for i, r in zip(idxs, self._score_group(ctx, conts), strict=True):
+                results[i] = r
+        return [r for r in results if r is not None]
+
+    def _score_group(self, ctx: list[int], conts: list[list[int]]) -> list[ScoreResult]:
+        """Score continuations over one cached context.
+
+        Only a continuation's tokens but the last need a forward pass. GroupQueryAttention
+        accepts a batch over a past only one token at a time, so options needing one more token
+        (single-token answers after a shared space, the common MCQ case) run as one batch and
+        longer ones run one by one over the same cache (the cache is shared, never copied).
+        """
+        import numpy as np
+
+        logits, cache = self._run(np.array([ctx]), None, 0)
+        last = self._log_softmax(logits[0, -1])
+        rows: dict[int, Any] = {}
+        ones = [b for b, c in enumerate(conts) if len(c) == 2]
+        for start in range(0, len(ones), self.batch_size):
+            chunk = ones[start:start + self.batch_size]
+            past = {k: np.repeat(v, len(chunk), axis=0) for k, v in cache.items()}
+            logp = self._log_softmax(self._run(np.array([[conts[b][0]] for b in chunk]), past, len(ctx))[0])
+            rows.update({b: logp[j] for j, b in enumerate(chunk)})
+        for b, cont in enumerate(conts):
+            if len(cont) > 2:
+                rows[b] = self._log_softmax(self._run(np.array([cont[:-1]]), cache, len(ctx))[0][0])
+        out: list[ScoreResult] = []
+        for b, cont in enumerate(conts):
+            if not cont:
+                out.append(ScoreResult(0.0, 0, True))
+                continue
+            table = np.concatenate([last[None], rows[b].reshape(-1, last.shape[-1])], axis=0) \
+                if b in rows else last[None]
+            lp = table[np.arange(len(cont)), cont]
+            greedy = bool((table.argmax(axis=-1) == np.array(cont)).all())
+            out.append(ScoreResult(float(lp.astype(np.float64).sum()), len(cont), greedy))
+        return out
+
+    def logprobs(self, token_ids: Sequence[int]) -> Any:
+        import numpy as np
+
+        self._require_loaded()
+        if not token_ids:
+            raise BackendError("logprobs() needs at least one token")
+        return self._log_softmax(self._run(np.array([list(token_ids)]), None, 0)[0][0])
+
+    # ------------------------------------------------------------------ memory
+
+    def memory(self) -> MemoryReport:
+        rss, peak = process_memory()
+        return MemoryReport(rss, peak, self.device)
