@@ -1,0 +1,138 @@
+"""Export one conversation to Markdown, JSON or HTML, written atomically.
+
+HTML is the format that always shows right-to-left text correctly: every message carries its
+own `lang` and `dir` (`rtl` for Arabic/Hebrew/Persian/Urdu, `auto` otherwise, so a browser
+applies the Unicode bidi algorithm per paragraph); everything is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from globmed_edge.atomic import atomic_write_text
+from globmed_edge.errors import ConfigError
+from globmed_edge.tui.i18n import Translator
+from globmed_edge.tui.store import ChatStore, Conversation, StoredMessage
+
+FORMATS = ("md", "json", "html")
+EXPORT_SCHEMA_VERSION = 1
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+def _msg_lang(conv: Conversation, msg: StoredMessage) -> str:
+    return msg.lang or conv.lang or "en"
+
+
+def to_json(conv: Conversation, messages: list[StoredMessage]) -> str:
+    data: dict[str, Any] = {
+        "schema_version": EXPORT_SCHEMA_VERSION,
+        "conversation": {"id": conv.id, "title": conv.title, "lang": conv.lang, "build": conv.build,
+                         "created_at": conv.created_at, "updated_at": conv.updated_at},
+        "messages": [{"role": m.role, "content": m.content, "status": m.status,
+                      "lang": _msg_lang(conv, m), "created_at": m.created_at, "meta": m.meta}
+                     for m in messages],
+    }
+    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+
+
+def to_markdown(conv: Conversation, messages: list[StoredMessage]) -> str:
+    tr = Translator(conv.lang)
+    lines = [f"# {conv.title}", "", f"> {tr('safety_notice')}", "",
+             f"- {tr('col_name')}: `{conv.build or '-'}`", f"- {tr('language_title')}: {conv.lang}",
+             f"- {_when(conv.created_at)}", ""]
+    for m in messages:
+        if m.role == "system":
+            continue
+        who = tr("you") if m.role == "user" else tr("assistant")
+        lines.append(f"## {who}")
+        lines.append("")
+        if m.role == "assistant":
+            lines += [f"*{tr('answer_marker')}*", ""]
+        lines.append(m.content.rstrip() or "…")
+        if m.status not in ("complete",):
+            lines += ["", f"*({m.status})*"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,'Noto Sans','Noto Sans Ethiopic','Noto Naskh Arabic',sans-serif;
+max-width:46rem;margin:2rem auto;padding:0 1rem;line-height:1.5;color:#1b1b1b}
+.notice{background:#fff4ce;border:1px solid #e0b400;padding:.6rem .8rem;border-radius:6px}
+.msg{margin:1rem 0;padding:.6rem .8rem;border-radius:6px;white-space:pre-wrap}
+.user{background:#eef3fb}.assistant{background:#f3f7ee}
+.who{font-weight:600;margin-bottom:.3rem;white-space:normal}
+.marker{font-size:.85em;color:#6b4e00;white-space:normal}
+.status{font-size:.85em;color:#a00}"""
+
+
+def to_html(conv: Conversation, messages: list[StoredMessage]) -> str:
+    from globmed_edge.languages import lookup
+
+    tr = Translator(conv.lang)
+    e = html.escape
+    page_dir = "rtl" if lookup(conv.lang).is_rtl else "ltr"
+    out = [
+        "<!DOCTYPE html>",
+        f'<html lang="{e(conv.lang)}" dir="{page_dir}">',
+        '<head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{e(conv.title)}</title><style>{_CSS}</style></head>",
+        "<body>",
+        f'<h1 dir="auto">{e(conv.title)}</h1>',
+        f'<p class="notice" dir="auto">{e(tr("safety_notice"))}</p>',
+        f'<p dir="auto">{e(tr("col_name"))}: <bdi>{e(conv.build or "-")}</bdi> · {e(_when(conv.created_at))}</p>',
+    ]
+    for m in messages:
+        if m.role == "system":
+            continue
+        lang = _msg_lang(conv, m)
+        # The message language decides `lang`; `dir` is rtl for RTL languages and auto otherwise
+        # (a question typed in Arabic inside an English conversation still renders correctly).
+        direction = "rtl" if lookup(lang, m.content).is_rtl else "auto"
+        who = tr("you") if m.role == "user" else tr("assistant")
+        out.append(f'<section class="msg {e(m.role)}" lang="{e(lang)}" dir="{direction}">')
+        out.append(f'<div class="who" dir="auto">{e(who)}</div>')
+        if m.role == "assistant":
+            out.append(f'<div class="marker" dir="auto">{e(tr("answer_marker"))}</div>')
+        out.append(f"<div>{e(m.content)}</div>")
+        if m.status != "complete":
+            out.append(f'<div class="status">({e(m.status)})</div>')
+        out.append("</section>")
+    out += ["</body>", "</html>", ""]
+    return "\n".join(out)
+
+
+RENDERERS = {"md": to_markdown, "json": to_json, "html": to_html}
+
+
+def slug(title: str) -> str:
+    s = re.sub(r"[^\w\-]+", "-", title, flags=re.UNICODE).strip("-_").lower()
+    return s[:40] or "conversation"
+
+
+def export_conversation(store: ChatStore, conv_id: int, fmt: str, out_dir: Path | None = None,
+                        path: Path | None = None) -> Path:
+    """Write one conversation as `fmt` (md/json/html); returns the file written."""
+    if fmt not in RENDERERS:
+        raise ConfigError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    conv = store.get_conversation(conv_id)
+    messages = store.messages(conv_id)
+    if path is None:
+        base = out_dir if out_dir is not None else default_export_dir()
+        path = base / f"{conv.id:04d}-{slug(conv.title)}.{fmt}"
+    atomic_write_text(path, RENDERERS[fmt](conv, messages))
+    return path
+
+
+def default_export_dir() -> Path:
+    from globmed_edge.paths import data_home
+
+    return data_home() / "chat" / "exports"

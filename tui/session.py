@@ -1,0 +1,186 @@
+"""A conversation with one backend: builds requests, streams answers, checkpoints them.
+
+Plain Python (no textual): the app runs `stream_answer` in a worker thread, the one-shot
+`--prompt` mode runs it directly, and the kill test runs it in a subprocess. The system prompt
+is the short per-language one from the locale files; only complete or stopped answers (and the
+questions they answer) are sent back to the model, so a failed answer never confuses the next one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from globmed_edge.backends.base import GenerationRequest, Message, TokenEvent
+from globmed_edge.tui.i18n import normalize, system_prompt
+from globmed_edge.tui.store import ChatStore
+
+CHECKPOINT_SECONDS = 0.5
+CHECKPOINT_TOKENS = 16
+
+
+@dataclass
+class Turn:
+    role: str
+    content: str
+    status: str = "complete"
+    msg_id: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StreamStats:
+    """Timings of one answer. `ttft` is from the request to the first token."""
+
+    started: float
+    first: float | None = None
+    last: float | None = None
+    tokens: int = 0
+    prompt_tokens: int | None = None
+
+    def add(self, ev: TokenEvent, now: float) -> None:
+        if ev.prompt_tokens is not None:
+            self.prompt_tokens = ev.prompt_tokens
+        if ev.finish_reason is not None and not ev.text and ev.token_id is None:
+            return  # a bare "cancelled" marker is not a token
+        self.tokens += 1
+        if self.first is None:
+            self.first = now
+        self.last = now
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first is None else self.first - self.started
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Decode speed: tokens after the first over the time since the first."""
+        if self.first is None or self.last is None or self.tokens < 2 or self.last <= self.first:
+            return None
+        return (self.tokens - 1) / (self.last - self.first)
+
+    def as_meta(self) -> dict[str, Any]:
+        tps = self.tokens_per_second
+        return {"tokens": self.tokens, "prompt_tokens": self.prompt_tokens,
+                "ttft_s": None if self.ttft is None else round(self.ttft, 4),
+                "tokens_per_s": None if tps is None else round(tps, 2)}
+
+
+class ChatSession:
+    def __init__(self, backend: Any, *, lang: str = "en", store: ChatStore | None = None,
+                 build: str = "", conv_id: int | None = None, max_new_tokens: int = 256,
+                 temperature: float = 0.0, title: str | None = None) -> None:
+        self.backend = backend
+        self.lang = normalize(lang)
+        self.store = store
+        self.build = build
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.conv_id = conv_id
+        self.turns: list[Turn] = []
+        self._title = title
+        if store is not None and conv_id is not None:
+            conv = store.get_conversation(conv_id)
+            self.lang = normalize(conv.lang)
+            self.turns = [Turn(m.role, m.content, m.status, m.id, m.meta)
+                          for m in store.messages(conv_id) if m.role != "system"]
+
+    # ------------------------------------------------------------------ state
+
+    def set_language(self, lang: str) -> None:
+        self.lang = normalize(lang)
+        if self.store is not None and self.conv_id is not None:
+            self.store.set_language(self.conv_id, self.lang)
+
+    def _ensure_conversation(self, first_text: str) -> None:
+        if self.store is None or self.conv_id is not None:
+            return
+        title = self._title or " ".join(first_text.split())[:48] or "…"
+        self.conv_id = self.store.new_conversation(title, self.lang, self.build)
+
+    def request(self) -> GenerationRequest:
+        """The request for the answer to the last question, with this language's system prompt."""
+        msgs: list[Message] = [Message("system", system_prompt(self.lang))]
+        pending: Turn | None = None
+        for turn in self.turns:
+            if turn.role == "user":
+                pending = turn
+            elif pending is not None and turn.status in ("complete", "stopped") and turn.content:
+                msgs += [Message("user", pending.content), Message("assistant", turn.content)]
+                pending = None
+        if pending is None:
+            raise ValueError("no question waiting for an answer")
+        msgs.append(Message("user", pending.content))
+        return GenerationRequest(messages=tuple(msgs), max_new_tokens=self.max_new_tokens,
+                                 temperature=self.temperature)
+
+    def add_question(self, text: str) -> Turn:
+        self._ensure_conversation(text)
+        turn = Turn("user", text)
+        if self.store is not None and self.conv_id is not None:
+            turn.msg_id = self.store.add_message(self.conv_id, "user", text, lang=self.lang)
+        self.turns.append(turn)
+        return turn
+
+    def last_answer(self) -> Turn | None:
+        return next((t for t in reversed(self.turns) if t.role == "assistant"), None)
+
+    def drop_last_answer(self) -> None:
+        """Forget the last answer (for regenerate); the question stays."""
+        if self.turns and self.turns[-1].role == "assistant":
+            turn = self.turns.pop()
+            if self.store is not None and turn.msg_id is not None:
+                self.store.delete_message(turn.msg_id)
+
+    # ------------------------------------------------------------------ streaming
+
+    def stream_answer(self, cancel: threading.Event | None = None) -> Iterator[tuple[str, StreamStats]]:
+        """Yield (text delta, stats) while the answer streams; the answer is saved as it goes.
+
+        On a backend error the partial answer is kept with status ``error`` and the error is
+        re-raised; on cancel it is kept with status ``stopped``.
+        """
+        req = self.request()
+        stats = StreamStats(started=time.perf_counter())
+        turn = Turn("assistant", "", "streaming", meta={"lang": self.lang})
+        if self.store is not None and self.conv_id is not None:
+            turn.msg_id = self.store.add_message(self.conv_id, "assistant", "", status="streaming",
+                                                 lang=self.lang)
+        self.turns.append(turn)
+        parts: list[str] = []
+        saved_at, saved_tokens = time.monotonic(), 0
+        status = "complete"
+        try:
+            for ev in self.backend.stream(req, cancel=cancel):
+                stats.add(ev, time.perf_counter())
+                if ev.text:
+                    parts.append(ev.text)
+                    turn.content = "".join(parts)
+                    yield ev.text, stats
+                if ev.finish_reason == "cancelled":
+                    status = "stopped"
+                if (self.store is not None and turn.msg_id is not None
+                        and (stats.tokens - saved_tokens >= CHECKPOINT_TOKENS
+                             or time.monotonic() - saved_at >= CHECKPOINT_SECONDS)):
+                    self.store.checkpoint(turn.msg_id, turn.content)
+                    saved_at, saved_tokens = time.monotonic(), stats.tokens
+            if cancel is not None and cancel.is_set():
+                status = "stopped"
+        except Exception as exc:
+            self._finish(turn, "error", stats, error=f"{type(exc).__name__}: {exc}")
+            raise
+        except BaseException:  # GeneratorExit when a caller abandons the stream
+            self._finish(turn, "stopped", stats)
+            raise
+        self._finish(turn, status, stats)
+
+    def _finish(self, turn: Turn, status: str, stats: StreamStats, error: str | None = None) -> None:
+        turn.status = status
+        turn.meta = {**turn.meta, **stats.as_meta(), "build": self.build}
+        if error:
+            turn.meta["error"] = error
+        if self.store is not None and turn.msg_id is not None:
+            self.store.finish_message(turn.msg_id, turn.content, status, turn.meta)
