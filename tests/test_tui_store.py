@@ -160,7 +160,7 @@ from test_tui_fakes import FakeBackend
 from globmed_edge.tui.session import ChatSession
 from globmed_edge.tui.store import ChatStore
 store = ChatStore({db!r})
-be = FakeBackend(replies=[["done ", "answer"], [f"tok{i} " for i in range(10000)]], delay=0.01)
+be = FakeBackend(replies=[["done ", "answer"], ["tok" + str(i) + " " for i in range(10000)]], delay=0.01)
 be.load()
 s = ChatSession(be, store=store)
 s.add_question("first")
