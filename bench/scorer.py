@@ -5,8 +5,8 @@ continuations are scored in the same `backend.score` batch:
 
 * letter rule: `" A"`, `" B"`, ... -> prediction = argmax of log P(" X" | prompt);
 * text rule: `" <option text>"` -> prediction = argmax of log P(text | prompt) divided by the
-  text's length in characters (lm-evaluation-harness's `acc_norm`; characters, not tokens, so
-  builds with different tokenizers are normalised alike).
+  option text's length in characters, leading space excluded (exactly lm-evaluation-harness's
+  `acc_norm`; characters, not tokens, so builds with different tokenizers are normalised alike).
 
 Ties go to the earliest option (numpy argmax). A NaN log-likelihood (a broken build) counts as
 -inf, so it can never be the prediction. Backends get whole batches (`batch_items` items, all
@@ -87,7 +87,8 @@ def build_requests(item: MCQItem, context: str) -> list[ScoreRequest]:
 def score_from_results(item: MCQItem, letter_lps: Sequence[float], text_lps: Sequence[float]) -> ItemScore:
     texts = text_continuations(item)
     letter = tuple(_clean(x) for x in letter_lps)
-    norm = tuple(_clean(x) / max(1, len(t)) for x, t in zip(text_lps, texts, strict=True))
+    # lm-eval's acc_norm divides by the option's length without the leading delimiter
+    norm = tuple(_clean(x) / max(1, len(t) - 1) for x, t in zip(text_lps, texts, strict=True))
     return ItemScore(
         item_id=item.id, lang=item.lang, gold=item.answer,
         pred_letter=LETTERS[argmax(letter)], pred_text=LETTERS[argmax(norm)],

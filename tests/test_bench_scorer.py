@@ -80,12 +80,12 @@ class FakeBackend:
 
 def test_scorer_rules_by_hand() -> None:
     it = item(1, answer="C", options={"A": "aa", "B": "bbbbbbbbb", "C": "c"})
-    # letter: B wins. text raw: B -4 (len 10) -> -0.4, A -3 (len 3) -> -1, C -1.5 (len 2) -> -0.75
+    # letter: B wins. text / len(option text): A -3/2 = -1.5, B -4/9 = -0.444, C -1.5/1 = -1.5
     be = FakeBackend({" A": -2.0, " B": -0.5, " C": -1.0, " aa": -3.0, " bbbbbbbbb": -4.0, " c": -1.5})
     (s,) = score_mcq(be, [it])
     assert s.pred_letter == "B" and s.pred_text == "B"
     assert s.letter_logprobs == (-2.0, -0.5, -1.0)
-    assert s.text_logprobs_norm == pytest.approx((-1.0, -0.4, -0.75))
+    assert s.text_logprobs_norm == pytest.approx((-1.5, -4 / 9, -1.5))
     assert not s.correct_letter and not s.correct_text
     assert sum(s.distribution()) == pytest.approx(1.0)
 
@@ -183,7 +183,7 @@ def test_scorer_on_default_model_matches_plain_forward(default_model: Path) -> N
     for it, s in zip(items, scores, strict=True):
         context = mcq_prompt(it, shots.get(it.lang, []))
         want_letter = [plain(context, f" {k}") for k in it.options]
-        want_text = [plain(context, f" {v}") / (len(v) + 1) for v in it.options.values()]
+        want_text = [plain(context, f" {v}") / len(v) for v in it.options.values()]
         assert s.letter_logprobs == pytest.approx(want_letter, abs=2e-3)
         assert s.text_logprobs_norm == pytest.approx(want_text, abs=2e-3)
         assert s.pred_letter == "ABCD"[max(range(len(want_letter)), key=want_letter.__getitem__)]

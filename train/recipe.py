@@ -115,6 +115,20 @@ def tokenize_examples(tokenizer: Any, examples: Sequence[Any]) -> list[dict[str,
     return rows
 
 
+def fit_to_length(rows: list[dict[str, list[int]]], max_len: int
+                  ) -> tuple[list[dict[str, list[int]]], int, int]:
+    """Truncate to `max_len` (keep the start) and drop rows with no label left: a packed row
+    made only of prompt tokens would train on nothing (loss 0) yet count as a step."""
+    out, truncated = [], 0
+    for r in rows:
+        if len(r["input_ids"]) > max_len:
+            truncated += 1
+            r = {"input_ids": r["input_ids"][:max_len], "labels": r["labels"][:max_len]}
+        if any(t != -100 for t in r["labels"][1:]):
+            out.append(r)
+    return out, truncated, len(rows) - len(out)
+
+
 def run(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = True) -> TrainResult:
     from globmed_edge.deps import require
     from globmed_edge.models import resolve_model
@@ -144,11 +158,14 @@ def run(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = Tru
     log.info("train examples: %d (items per language %s; weights %s); dev items: %d",
              len(splits.train), splits.train_counts,
              {k: round(v, 3) for k, v in splits.weights.items()}, len(splits.dev))
-    rows = tokenize_examples(tokenizer, splits.train)
-    too_long = sum(len(r["input_ids"]) > cfg.max_seq_len for r in rows)
-    if too_long:
-        log.warning("%d of %d examples are longer than max_seq_len=%d and are truncated",
-                    too_long, len(rows), cfg.max_seq_len)
+    rows, truncated, dropped = fit_to_length(tokenize_examples(tokenizer, splits.train), cfg.max_seq_len)
+    if truncated:
+        log.warning("%d of %d examples are longer than max_seq_len=%d: truncated at the end, and %d of "
+                    "them dropped because no answer token was left", truncated, len(splits.train),
+                    cfg.max_seq_len, dropped)
+    if not rows:
+        raise ConfigError(f"max_seq_len={cfg.max_seq_len}: every training example loses its whole "
+                          "answer to truncation; raise max_seq_len")
     train_ds = datasets.Dataset.from_list(rows)
     resume = _resume_point(cfg, fingerprint)
 
