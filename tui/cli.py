@@ -1,13 +1,70 @@
-"""`globmed-edge chat`: not available yet (issue #6)."""
+"""`globmed-edge chat`: the offline chat app, or a one-shot answer with --prompt."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
-from globmed_edge.errors import NotAvailableError
+
+def _default_lang() -> str:
+    """The interface language from the environment (LANG=fr_FR.UTF-8 -> fr), else English."""
+    from globmed_edge.tui.i18n import normalize
+
+    for var in ("GLOBMED_EDGE_LANG", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(var, "")
+        if value and value not in ("C", "POSIX") and not value.startswith("C."):
+            return normalize(value.split(".")[0])
+    return "en"
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def chat() -> None:
-    """Offline chat (not available yet: issue #6)."""
-    raise NotAvailableError("`globmed-edge chat` is not available yet (tracked in issue #6)")
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("build", required=False)
+@click.option("--prompt", "-p", help="Answer this one question on stdout and exit (no UI).")
+@click.option("--lang", "-l", help="Interface and reply language (en, fr, sw, ar, ...). "
+              "Default: from $LANG, else en.")
+@click.option("--max-tokens", type=click.IntRange(1, 8192), default=256, show_default=True,
+              help="Longest answer, in tokens.")
+@click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=0.0, show_default=True,
+              help="0 = greedy (repeatable answers).")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
+              help="History file (default: chat/chat_history.sqlite3 under the data home).")
+@click.option("--conversation", type=int, help="Open this saved conversation (id from history).")
+def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: int,
+         temperature: float, db: Path | None, conversation: int | None) -> None:
+    """Offline chat with a build on this machine (terminal app; nothing is sent anywhere).
+
+    BUILD is a build folder, an HF model folder, or the name of a prepared embedded model.
+    Without BUILD the app lists the builds found on this machine.
+
+    \b
+    Examples:
+      globmed-edge chat                       # pick a build
+      globmed-edge chat smollm2-135m-instruct --lang sw
+      globmed-edge chat BUILD --prompt "Signs of severe dehydration in a child?"
+    """
+    from globmed_edge.tui.i18n import normalize
+    from globmed_edge.tui.loader import resolve_build
+
+    language = normalize(lang) if lang else _default_lang()
+    if prompt is not None:
+        from globmed_edge.models import DEFAULT_MODEL
+        from globmed_edge.tui.headless import run_prompt
+
+        path = resolve_build(build or DEFAULT_MODEL)
+        run_prompt(path, prompt, lang=language, max_new_tokens=max_tokens, temperature=temperature)
+        return
+    from globmed_edge.deps import require
+
+    require("textual", "tui")
+    from globmed_edge.tui.app import ChatApp
+    from globmed_edge.tui.store import ChatStore
+
+    path = resolve_build(build) if build else None
+    store = ChatStore(db)
+    try:
+        ChatApp(path, lang=language, store=store, max_new_tokens=max_tokens,
+                conversation=conversation).run()
+    finally:
+        store.close()

@@ -1,0 +1,156 @@
+"""The chat app: routes between the picker, chat, history and pop-up screens.
+
+The backend is injected as a factory (path -> unloaded backend) so tests drive the app with a
+fake one; the model loads in a worker thread, so the first screen paints at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+
+from globmed_edge.tui.builds import BuildChoice
+from globmed_edge.tui.i18n import Translator, language_name, normalize
+from globmed_edge.tui.loader import BackendFactory, build_label, load_backend
+from globmed_edge.tui.messages import ModelFailed, ModelLoaded
+from globmed_edge.tui.screen_chat import ChatScreen
+from globmed_edge.tui.screen_history import HistoryScreen
+from globmed_edge.tui.screen_modals import HelpScreen, LanguageScreen
+from globmed_edge.tui.screen_picker import PickerScreen
+from globmed_edge.tui.store import ChatStore
+
+
+class ChatApp(App[None]):
+    CSS_PATH = "chat.tcss"
+    TITLE = "globmed-edge chat"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("f1", "show_help", "Help"),
+    ]
+
+    def __init__(self, build: Path | None = None, *, lang: str = "en",
+                 store: ChatStore | None = None, backend_factory: BackendFactory | None = None,
+                 choices: list[BuildChoice] | None = None, free_memory: int | None = None,
+                 export_dir: Path | None = None, max_new_tokens: int = 256,
+                 freeze_timings: bool = False, conversation: int | None = None) -> None:
+        super().__init__()
+        self.build = build
+        self.lang = normalize(lang)
+        self.tr = Translator(self.lang)
+        self.store = store
+        self.backend_factory = backend_factory
+        self.choices = choices
+        self.free_memory = free_memory
+        self.export_dir = export_dir
+        self.max_new_tokens = max_new_tokens
+        self.freeze_timings = freeze_timings
+        self.initial_conversation = conversation
+        self.backend: Any = None
+        self.chat: ChatScreen | None = None
+        self.last_exports: list[Path] = []
+        self.started = time.perf_counter()
+        self.first_paint: float | None = None
+        self.model_ready: float | None = None
+
+    def on_mount(self) -> None:
+        if self.build is not None:
+            self.open_build(self.build)
+        else:
+            from globmed_edge.tui.builds import discover_builds
+
+            choices = self.choices if self.choices is not None else discover_builds()
+            self.push_screen(PickerScreen(choices, self.free_memory))
+        self.call_after_refresh(self._painted)
+
+    def _painted(self) -> None:
+        self.first_paint = time.perf_counter() - self.started
+
+    # ------------------------------------------------------------------ model
+
+    def open_build(self, path: Path, name: str | None = None) -> None:
+        self.chat = ChatScreen(name or build_label(path))
+        if isinstance(self.screen, PickerScreen):
+            self.switch_screen(self.chat)
+        else:
+            self.push_screen(self.chat)
+        if self.initial_conversation is not None:
+            conv = self.initial_conversation
+            self.call_after_refresh(lambda: self.chat and self.chat.show_conversation(conv))
+        self._load(path, self.chat)
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def _load(self, path: Path, screen: ChatScreen) -> None:
+        start = time.perf_counter()
+        try:
+            backend = load_backend(path, self.backend_factory)
+        except Exception as exc:  # every failure is shown on screen, the app keeps running
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            screen.post_message(ModelFailed(msg))
+            return
+        self.backend = backend
+        self.model_ready = time.perf_counter() - self.started
+        screen.post_message(ModelLoaded(backend, time.perf_counter() - start))
+
+    def on_unmount(self) -> None:
+        if self.chat is not None and self.chat.generating:
+            self.chat._cancel.set()
+        if self.backend is not None:
+            self.backend.close()
+
+    # ------------------------------------------------------------------ language
+
+    def set_language(self, lang: str) -> None:
+        self.lang = normalize(lang)
+        self.tr = Translator(self.lang)
+        if self.chat is not None and self.chat.session is not None:
+            self.chat.session.set_language(self.lang)
+        for screen in self.screen_stack:
+            apply = getattr(screen, "apply_language", None)
+            if apply is not None:
+                apply()
+        self.notify(self.tr("language_set", name=language_name(self.lang)), markup=False)
+
+    def action_choose_language(self) -> None:
+        def chosen(code: str | None) -> None:
+            if code:
+                self.set_language(code)
+
+        self.push_screen(LanguageScreen(), chosen)
+
+    # ------------------------------------------------------------------ screens
+
+    def action_show_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_show_history(self) -> None:
+        if self.store is None or isinstance(self.screen, HistoryScreen):
+            return
+
+        def chosen(conv: int | None) -> None:
+            if conv is not None and self.chat is not None:
+                self.chat.show_conversation(conv)
+
+        self.push_screen(HistoryScreen(), chosen)
+
+    def _chat_action(self, name: str) -> None:
+        if self.chat is not None:
+            getattr(self.chat, f"action_{name}")()
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        tr = self.tr
+        if self.chat is not None:
+            for name, key in [("stop", "key_stop"), ("regenerate", "key_regenerate"),
+                              ("copy", "key_copy"), ("export", "key_export"), ("new", "key_new")]:
+                yield SystemCommand(tr(key), tr(key), lambda n=name: self._chat_action(n))  # type: ignore[misc]
+            yield SystemCommand(tr("key_history"), tr("key_history"), self.action_show_history)
+        yield SystemCommand(tr("key_language"), tr("key_language"), self.action_choose_language)
+        yield SystemCommand(tr("key_help"), tr("key_help"), self.action_show_help)
+        yield from super().get_system_commands(screen)

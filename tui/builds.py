@@ -1,0 +1,133 @@
+"""The builds on this machine, as the picker shows them (no textual, no model loading).
+
+Builds come from `find_builds(builds_dir())` (each with a manifest, checked for missing or
+resized files here and re-hashed in full when loaded) plus the prepared embedded models. Memory
+is an estimate (file size times a per-format factor plus runtime overhead); speed comes from
+`throughput` records of `globmed-edge bench` when a results file mentions the build.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Resident memory per byte of model files, by format (bf16 HF folders load as fp32 on CPU).
+MEMORY_FACTOR = {"hf": 2.0, "gguf": 1.1, "onnx": 1.2, "gptq": 1.5}
+RUNTIME_OVERHEAD = 300 * 2**20
+
+
+@dataclass(frozen=True)
+class BuildChoice:
+    name: str
+    path: Path
+    format: str
+    quantization: str
+    size_bytes: int
+    languages: str
+    expected_memory: int
+    decode_tokens_per_s: float | None = None
+    problem: str | None = None  # why it cannot be loaded (manifest mismatch), shown greyed out
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def free_memory() -> int:
+    """Bytes of RAM available to a new process (psutil, else /proc/meminfo)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # pragma: no cover - psutil is a core dependency
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+
+def expected_memory(fmt: str, size_bytes: int) -> int:
+    return int(size_bytes * MEMORY_FACTOR.get(fmt, 1.5)) + RUNTIME_OVERHEAD
+
+
+def _speeds(results: Iterable[Path]) -> dict[str, float]:
+    """build path or name -> best CPU decode tokens/s from bench throughput records."""
+    speeds: dict[str, float] = {}
+    for path in results:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(rec, dict) or rec.get("type") != "throughput" or rec.get("device") != "cpu":
+                continue
+            build = rec.get("build") or {}
+            tps = rec.get("decode_tokens_per_s")
+            if not isinstance(tps, (int, float)):
+                continue
+            for key in (build.get("path"), build.get("name")):
+                if key:
+                    speeds[str(key)] = max(float(tps), speeds.get(str(key), 0.0))
+    return speeds
+
+
+def default_results_files() -> list[Path]:
+    from globmed_edge.paths import data_home
+
+    return sorted((data_home() / "bench").glob("**/*.jsonl"))
+
+
+def discover_builds(roots: list[Path] | None = None, results: list[Path] | None = None,
+                    include_embedded: bool = True) -> list[BuildChoice]:
+    from globmed_edge.errors import ModelError
+    from globmed_edge.manifest import find_builds, verify_build
+    from globmed_edge.paths import builds_dir
+
+    speeds = _speeds(results if results is not None else default_results_files())
+    found: list[BuildChoice] = []
+    for path in find_builds(roots if roots is not None else [builds_dir()]):
+        try:
+            manifest, problems = verify_build(path, check_hashes=False)
+        except ModelError as exc:
+            found.append(BuildChoice(path.name, path, "?", "?", 0, "?", 0, problem=str(exc)))
+            continue
+        langs = manifest.source.get("languages") or manifest.extra.get("languages") or "?"
+        if isinstance(langs, list):
+            langs = ", ".join(str(x) for x in langs)
+        found.append(BuildChoice(
+            manifest.name, path, manifest.format, manifest.quantization, manifest.size_bytes,
+            str(langs), expected_memory(manifest.format, manifest.size_bytes),
+            speeds.get(str(path)) or speeds.get(manifest.name),
+            problem="; ".join(str(p) for p in problems[:2]) or None))
+    if include_embedded:
+        found += _embedded(speeds)
+    return found
+
+
+def _embedded(speeds: dict[str, float]) -> list[BuildChoice]:
+    from globmed_edge.models import MODELS, prepared_path, read_record
+
+    out = []
+    for name, spec in MODELS.items():
+        path = prepared_path(name)
+        if read_record(path) is None:
+            continue
+        size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+        out.append(BuildChoice(name, path, "hf", "bf16", size, spec.languages,
+                               expected_memory("hf", size),
+                               speeds.get(str(path)) or speeds.get(name)))
+    return out
+
+
+def fits_in_memory(choice: BuildChoice, free: int | None = None) -> bool:
+    return choice.expected_memory <= (free_memory() if free is None else free)

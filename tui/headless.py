@@ -1,0 +1,46 @@
+"""One-shot mode (`globmed-edge chat BUILD --prompt "..."`): stream one answer to stdout, no UI.
+
+stdout carries only the answer, so scripts can capture it; the safety notice, any emergency
+reminder and the speed line go to stderr. No history is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from globmed_edge.tui.i18n import Translator
+from globmed_edge.tui.loader import BackendFactory, build_label, load_backend
+from globmed_edge.tui.safety import emergency_reminder
+from globmed_edge.tui.session import ChatSession, StreamStats
+
+
+def run_prompt(build: Path, prompt: str, *, lang: str = "en", max_new_tokens: int = 256,
+               temperature: float = 0.0, out: TextIO | None = None, err: TextIO | None = None,
+               backend_factory: BackendFactory | None = None) -> StreamStats:
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    tr = Translator(lang)
+    err.write(f"⚕ {tr('safety_notice')}\n")
+    reminder = emergency_reminder(prompt, lang)
+    if reminder:
+        err.write(f"⚠ {reminder}\n")
+    backend = load_backend(build, backend_factory)
+    try:
+        session = ChatSession(backend, lang=lang, build=build_label(build),
+                              max_new_tokens=max_new_tokens, temperature=temperature)
+        session.add_question(prompt)
+        stats = StreamStats(0.0)
+        for delta, current in session.stream_answer():
+            stats = current
+            out.write(delta)
+            out.flush()
+        out.write("\n")
+        out.flush()
+    finally:
+        backend.close()
+    tps, ttft = stats.tokens_per_second, stats.ttft
+    err.write(tr("stats", tps="–" if tps is None else f"{tps:.1f}",
+                 ttft="–" if ttft is None else f"{ttft:.2f}") + "\n")
+    return stats

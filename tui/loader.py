@@ -1,0 +1,44 @@
+"""Opening a build for chat: verify it against its manifest, construct and load its backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BackendFactory = Callable[[Path], Any]
+
+
+def resolve_build(arg: str | Path) -> Path:
+    """A BUILD argument: a folder (build or HF model) or the name of a prepared embedded model."""
+    from globmed_edge.models import resolve_model
+
+    return resolve_model(arg)
+
+
+def default_factory(path: Path) -> Any:
+    """Verify the build (every file re-hashed against manifest.json), then construct its backend."""
+    from globmed_edge.backends import open_backend
+    from globmed_edge.manifest import MANIFEST, require_valid_build
+
+    if (path / MANIFEST).is_file():
+        require_valid_build(path)
+    return open_backend(path)
+
+
+def load_backend(path: Path, factory: BackendFactory | None = None) -> Any:
+    backend = (factory or default_factory)(path)
+    backend.load()
+    return backend
+
+
+def build_label(path: Path) -> str:
+    """A short name for a build: its manifest name, else the folder name."""
+    from globmed_edge.manifest import MANIFEST, load_manifest
+
+    if (path / MANIFEST).is_file():
+        try:
+            return load_manifest(path).name
+        except Exception:
+            return path.name
+    return path.name

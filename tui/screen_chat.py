@@ -1,0 +1,277 @@
+"""The conversation screen: messages, streaming answer, live speed, safety notice, keys."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import ProgressBar, Static
+
+from globmed_edge.tui.messages import (
+    ModelFailed,
+    ModelLoaded,
+    StreamDone,
+    StreamFailed,
+    StreamUpdate,
+)
+from globmed_edge.tui.safety import emergency_reminder
+from globmed_edge.tui.session import ChatSession, StreamStats
+from globmed_edge.tui.widgets import ChatInput, MessageBox, StatusLine
+
+if TYPE_CHECKING:
+    from globmed_edge.tui.app import ChatApp
+
+#: The screen repaints the streaming answer at most this often (the UI must not slow decoding).
+UPDATE_SECONDS = 0.05
+
+
+class ChatScreen(Screen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "stop", "Stop", priority=True),
+        Binding("f1", "help", "Help", priority=True),
+        Binding("f2,ctrl+o", "history", "History", priority=True),
+        Binding("f3", "export", "Export", priority=True),
+        Binding("f4,ctrl+l", "language", "Language", priority=True),
+        Binding("f5,ctrl+r", "regenerate", "Regenerate", priority=True),
+        Binding("f6", "copy", "Copy", priority=True),
+        Binding("f7,ctrl+n", "new", "New", priority=True),
+    ]
+
+    def __init__(self, build_name: str) -> None:
+        super().__init__()
+        self.build_name = build_name
+        self.backend: Any = None
+        self.session: ChatSession | None = None
+        self.generating = False
+        self._cancel = threading.Event()
+        self._load_started = time.monotonic()
+        self._answer_box: MessageBox | None = None
+
+    @property
+    def chat_app(self) -> ChatApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        tr = self.chat_app.tr
+        yield Static(id="title")
+        yield Static(tr("safety_notice"), id="notice")
+        yield VerticalScroll(id="log")
+        yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="loading")
+        yield StatusLine(id="status")
+        yield ChatInput(id="input", placeholder=tr("input_placeholder"))
+        yield Static(id="keys")
+
+    def on_mount(self) -> None:
+        self.apply_language()
+        self.query_one("#input").focus()
+        self.set_status(self.chat_app.tr("loading", name=self.build_name))
+
+    # ------------------------------------------------------------------ language
+
+    def apply_language(self) -> None:
+        tr = self.chat_app.tr
+        self.set_class(tr.rtl, "rtl")
+        self.query_one("#title", Static).update(Text(f"{tr('title')} · {self.build_name}"))
+        self.query_one("#notice", Static).update("⚕ " + tr("safety_notice"))
+        self.query_one("#input", ChatInput).placeholder = tr("input_placeholder")
+        keys = [("F1", "key_help"), ("Esc", "key_stop"), ("^P", "key_palette"),
+                ("F2", "key_history"), ("F4", "key_language")]
+        self.query_one("#keys", Static).update("  ".join(f"[b]{k}[/b] {tr(v)}" for k, v in keys))
+        for box in self.query(MessageBox):
+            box.set_translator(tr)
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#status", StatusLine).update(Text(text))
+
+    def stats_text(self, stats: StreamStats) -> str:
+        if self.chat_app.freeze_timings:
+            return self.chat_app.tr("stats", tps="–", ttft="–")
+        tps, ttft = stats.tokens_per_second, stats.ttft
+        return self.chat_app.tr("stats", tps="–" if tps is None else f"{tps:.1f}",
+                                ttft="–" if ttft is None else f"{ttft:.2f}")
+
+    # ------------------------------------------------------------------ model
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.backend = message.backend
+        if self.session is not None:
+            self.session.backend = message.backend
+        self.query_one("#loading").display = False
+        self.set_status(self.chat_app.tr("ready", name=self.build_name))
+
+    def on_model_failed(self, message: ModelFailed) -> None:
+        self.query_one("#loading").display = False
+        text = self.chat_app.tr("load_failed", error=message.error)
+        self.set_status(text)
+        self.notify(text, severity="error", timeout=20, markup=False)
+
+    # ------------------------------------------------------------------ conversation
+
+    def _new_session(self, conv_id: int | None = None) -> ChatSession:
+        app = self.chat_app
+        return ChatSession(self.backend, lang=app.lang, store=app.store, build=self.build_name,
+                           conv_id=conv_id, max_new_tokens=app.max_new_tokens)
+
+    def _log(self) -> VerticalScroll:
+        return self.query_one("#log", VerticalScroll)
+
+    def show_conversation(self, conv_id: int) -> None:
+        if self.generating:
+            self.notify(self.chat_app.tr("busy"), markup=False)
+            return
+        self.session = self._new_session(conv_id)
+        if self.session.lang != self.chat_app.lang:
+            self.chat_app.set_language(self.session.lang)
+        log = self._log()
+        log.remove_children()
+        for turn in self.session.turns:
+            log.mount(MessageBox(turn.role, turn.content, self.session.lang, self.chat_app.tr,
+                                 status=turn.status, note=str(turn.meta.get("error", ""))))
+        log.scroll_end(animate=False)
+
+    @on(ChatInput.Submitted)
+    def ask(self, event: ChatInput.Submitted) -> None:
+        text = event.text.strip()
+        tr = self.chat_app.tr
+        if not text:
+            return
+        if self.generating:
+            self.notify(tr("busy"), markup=False)
+            return
+        if self.backend is None:
+            self.notify(tr("not_ready"), severity="warning", markup=False)
+            return
+        self.query_one("#input", ChatInput).clear()
+        if self.session is None:
+            self.session = self._new_session()
+        lang = self.chat_app.lang
+        self._log().mount(MessageBox("user", text, lang, tr))
+        reminder = emergency_reminder(text, lang)
+        if reminder:
+            self._log().mount(MessageBox("emergency", reminder, lang, tr))
+            self.notify(reminder, severity="warning", timeout=15, markup=False)
+        self.session.add_question(text)
+        self._start_answer()
+
+    def _start_answer(self) -> None:
+        assert self.session is not None
+        self._answer_box = MessageBox("assistant", "", self.chat_app.lang, self.chat_app.tr,
+                                      status="streaming")
+        self._log().mount(self._answer_box)
+        self._log().scroll_end(animate=False)
+        self._cancel = threading.Event()
+        self.generating = True
+        self.set_status(self.chat_app.tr("waiting"))
+        self._generate(self.session, self._cancel)
+
+    @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
+    def _generate(self, session: ChatSession, cancel: threading.Event) -> None:
+        last = 0.0
+        stats: StreamStats | None = None
+        turn = None
+        try:
+            for _delta, stats in session.stream_answer(cancel):
+                turn = session.turns[-1]
+                now = time.monotonic()
+                if now - last >= UPDATE_SECONDS:
+                    last = now
+                    self.post_message(StreamUpdate(turn.content, stats))
+        except Exception as exc:  # shown to the user; the conversation is kept
+            text = session.turns[-1].content if session.turns else ""
+            self.post_message(StreamFailed(text, f"{type(exc).__name__}: {exc}", stats))
+            return
+        final = session.turns[-1]
+        self.post_message(StreamDone(final.content, final.status,
+                                     stats or StreamStats(time.perf_counter())))
+
+    def on_stream_update(self, message: StreamUpdate) -> None:
+        if self._answer_box is not None:
+            self._answer_box.set_content(message.text)
+            self._log().scroll_end(animate=False)
+        self.set_status(self.stats_text(message.stats))
+
+    def on_stream_done(self, message: StreamDone) -> None:
+        self.generating = False
+        if self._answer_box is not None:
+            self._answer_box.set_content(message.text, message.status)
+            self._log().scroll_end(animate=False)
+        status = self.stats_text(message.stats)
+        if message.status == "stopped":
+            status = f"{self.chat_app.tr('stopped')} {status}"
+        self.set_status(status)
+
+    def on_stream_failed(self, message: StreamFailed) -> None:
+        self.generating = False
+        text = self.chat_app.tr("answer_failed", error=message.error)
+        if self._answer_box is not None:
+            self._answer_box.set_content(message.text, "error", text)
+        self.set_status(text)
+        self.notify(text, severity="error", timeout=15, markup=False)
+
+    # ------------------------------------------------------------------ actions
+
+    def action_stop(self) -> None:
+        if self.generating:
+            self._cancel.set()
+
+    def action_regenerate(self) -> None:
+        tr = self.chat_app.tr
+        if self.generating:
+            self.notify(tr("busy"), markup=False)
+            return
+        if self.backend is None:
+            self.notify(tr("not_ready"), severity="warning", markup=False)
+            return
+        if self.session is None or not self.session.turns:
+            self.notify(tr("nothing_yet"), markup=False)
+            return
+        if self.session.turns[-1].role == "assistant":
+            self.session.drop_last_answer()
+            boxes = [b for b in self.query(MessageBox) if b.role == "assistant"]
+            if boxes:
+                boxes[-1].remove()
+        self._start_answer()
+
+    def action_copy(self) -> None:
+        last = self.session.last_answer() if self.session else None
+        if last is None or not last.content:
+            self.notify(self.chat_app.tr("nothing_yet"), markup=False)
+            return
+        self.app.copy_to_clipboard(last.content)
+        self.notify(self.chat_app.tr("copied"), markup=False)
+
+    def action_export(self) -> None:
+        from globmed_edge.tui.export import FORMATS, export_conversation
+
+        app = self.chat_app
+        if self.session is None or self.session.conv_id is None or app.store is None:
+            self.notify(app.tr("nothing_yet"), markup=False)
+            return
+        paths = [export_conversation(app.store, self.session.conv_id, fmt, app.export_dir)
+                 for fmt in FORMATS]
+        app.last_exports = paths
+        self.notify(app.tr("exported", path=", ".join(str(p) for p in paths)), timeout=15, markup=False)
+
+    def action_new(self) -> None:
+        if self.generating:
+            self.notify(self.chat_app.tr("busy"), markup=False)
+            return
+        self.session = None
+        self._log().remove_children()
+        self.notify(self.chat_app.tr("new_chat"), markup=False)
+
+    def action_help(self) -> None:
+        self.chat_app.action_show_help()
+
+    def action_history(self) -> None:
+        self.chat_app.action_show_history()
+
+    def action_language(self) -> None:
+        self.chat_app.action_choose_language()

@@ -1,0 +1,75 @@
+"""The build picker shown when `globmed-edge chat` gets no BUILD argument."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.widgets import DataTable, Static
+
+from globmed_edge.tui.builds import BuildChoice, free_memory, human_bytes
+
+if TYPE_CHECKING:
+    from globmed_edge.tui.app import ChatApp
+
+
+class PickerScreen(Screen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f1", "app.show_help", "Help", priority=True),
+        Binding("f4,ctrl+l", "app.choose_language", "Language", priority=True),
+        Binding("escape", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, choices: list[BuildChoice], free: int | None = None) -> None:
+        super().__init__()
+        self.choices = choices
+        self.free = free_memory() if free is None else free
+        self._confirm: int | None = None  # row waiting for a second Enter (RAM warning)
+
+    @property
+    def chat_app(self) -> ChatApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="title")
+        yield Static(id="notice")
+        yield DataTable(id="builds", cursor_type="row", zebra_stripes=True)
+        yield Static(id="hint")
+
+    def on_mount(self) -> None:
+        self.apply_language()
+        self.query_one(DataTable).focus()
+
+    def apply_language(self) -> None:
+        tr = self.chat_app.tr
+        self.query_one("#title", Static).update(f"{tr('title')} · {tr('pick_title')}")
+        self.query_one("#notice", Static).update("⚕ " + tr("safety_notice"))
+        hint = tr("pick_hint") if self.choices else tr("no_builds")
+        self.query_one("#hint", Static).update(f"{hint}  [b]F1[/b] {tr('key_help')}  "
+                                               f"[b]F4[/b] {tr('key_language')}")
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        table.add_columns(tr("col_name"), tr("col_size"), tr("col_langs"), tr("col_memory"),
+                          tr("col_speed"))
+        for i, c in enumerate(self.choices):
+            warn = "⚠ " if c.expected_memory > self.free or c.problem else ""
+            speed = f"{c.decode_tokens_per_s:.0f} tok/s" if c.decode_tokens_per_s else "–"
+            name = f"{warn}{c.name} ({c.format} {c.quantization})"
+            table.add_row(name, human_bytes(c.size_bytes), c.languages[:18],
+                          "≈" + human_bytes(c.expected_memory), speed, key=str(i))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        index = int(str(event.row_key.value))
+        choice = self.choices[index]
+        tr = self.chat_app.tr
+        if choice.problem:
+            self.notify(tr("load_failed", error=choice.problem), severity="error", timeout=15, markup=False)
+            return
+        if choice.expected_memory > self.free and self._confirm != index:
+            self._confirm = index
+            self.notify(tr("ram_warning", name=choice.name, need=human_bytes(choice.expected_memory),
+                           free=human_bytes(self.free)), severity="warning", timeout=15, markup=False)
+            return
+        self.chat_app.open_build(choice.path, choice.name)
