@@ -1,0 +1,496 @@
+"""`quantize`: every requested build of one source model, each checked and recorded.
+
+For each build (format + quantization) the runner
+1. skips it when a complete build of the same name already exists, its manifest verifies and it
+   was made from the same source (and calibration set): re-running resumes;
+2. otherwise creates a hidden temporary sibling (`atomic_dir`), runs the exporter into it, loads
+   the result through its own backend for the parity check (quantize/parity.py), hashes every
+   file, writes manifest.json, and only then renames it into place.
+
+An interrupted run (Ctrl-C, kill, full disk, an exception) leaves at most a hidden `.NAME.*.partial`
+directory, which `models list` never shows and the next run removes. One run at a time holds
+`OUT/.quantize.lock`, so that clean-up never touches another live run's directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from globmed_edge.errors import (
+    ConfigError,
+    DependencyError,
+    GlobmedError,
+    ManifestError,
+    ModelError,
+    NotAvailableError,
+    ParityError,
+    UnknownNameError,
+)
+from globmed_edge.quantize.base import EXPORTERS, Calibration, ExportRequest, QuantSpec
+
+DEFAULT_FORMATS = ("gguf:q8_0,q4_k_m", "onnx:int8,int4")
+LOCK = ".quantize.lock"
+
+
+@dataclass(frozen=True)
+class Target:
+    format: str
+    quantization: str
+    spec: QuantSpec | None = None  # None when the exporter cannot be imported here
+    unavailable: str | None = None  # why this format cannot be built here
+
+    @property
+    def label(self) -> str:
+        return f"{self.format}:{self.quantization}"
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    out: Path
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    calibration: tuple[Path, ...] = ()  # empty: the packaged samples
+    calibration_size: int = 256
+    imatrix: bool = True
+    allow_drift: bool = False
+    force: bool = False
+    threads: int | None = None
+    progress: bool = False
+
+
+@dataclass
+class Outcome:
+    """One row of the final table (and of `--json`)."""
+
+    build: str
+    format: str
+    quantization: str
+    status: str  # built | skipped | failed | unavailable
+    path: str | None = None
+    size_bytes: int | None = None
+    bits_per_weight: float | None = None
+    parity: dict[str, Any] | None = None
+    passed: bool | None = None
+    allow_drift: bool = False
+    message: str = ""
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def exporter_class(fmt: str) -> Any:
+    """The exporter class of a format (raises UnknownNameError, ImportError)."""
+    return EXPORTERS.load(fmt)
+
+
+def parse_targets(specs: Sequence[str]) -> list[Target]:
+    """`FMT:Q1,Q2` strings -> targets, validated against the registry (did-you-mean errors)."""
+    targets: list[Target] = []
+    for spec in specs:
+        fmt, sep, quants = spec.partition(":")
+        fmt = fmt.strip().lower()
+        EXPORTERS.target(fmt)  # unknown format -> UnknownNameError with a suggestion
+        names = [q.strip().lower() for q in quants.split(",") if q.strip()]
+        if not sep or not names:
+            raise ConfigError(f"--format {spec!r}: give the quantizations too, e.g. {fmt}:"
+                              f"{'q8_0,q4_k_m' if fmt == 'gguf' else 'int8,int4' if fmt == 'onnx' else '4bit'}")
+        try:
+            quantizations: dict[str, QuantSpec] | None = exporter_class(fmt).quantizations
+        except ImportError as exc:
+            quantizations, why = None, f"the {fmt} exporter is not installed here ({exc})"
+        for q in names:
+            if quantizations is not None and q not in quantizations:
+                raise UnknownNameError(f"{fmt} quantization", q, list(quantizations))
+            t = Target(fmt, q, quantizations[q] if quantizations else None,
+                       None if quantizations is not None else why)
+            if all(t.label != o.label for o in targets):
+                targets.append(t)
+    return targets
+
+
+def check_available(target: Target) -> str | None:
+    """Why this machine cannot build `target` (None when it can)."""
+    if target.unavailable:
+        return target.unavailable
+    try:
+        exporter_class(target.format)().check_available()
+    except (NotAvailableError, DependencyError) as exc:
+        return str(exc)
+    return None
+
+
+def build_name(model: str, target: Target) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model"
+    return f"{base}-{target.format}-{target.quantization}"
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold OUT/.quantize.lock; a second run on the same folder is refused, not raced."""
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / LOCK, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+            pass
+        except OSError:
+            raise ConfigError(f"{out}: another `globmed-edge quantize` is writing builds here") from None
+        yield
+    finally:
+        fh.close()
+
+
+def clean_stale(out: Path) -> list[str]:
+    """Remove temporaries of killed runs (call with the lock held). Returns what was removed."""
+    removed = []
+    for p in sorted(out.iterdir()):
+        if not (p.is_dir() and p.name.startswith(".")):
+            continue
+        if p.name.endswith(".old"):
+            final = out / p.name[1:-len(".old")]
+            if not final.exists():  # killed between the two renames: the old build is intact
+                os.replace(p, final)
+                continue
+        if p.name.endswith((".partial", ".old")):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+def existing_build(path: Path, source_sha: str, calibration_sha: str | None) -> tuple[bool, str]:
+    """(reusable, why) for a folder where a build of this name would go."""
+    from globmed_edge.manifest import verify_build
+
+    try:
+        manifest, problems = verify_build(path)
+    except ManifestError as exc:
+        return False, str(exc)
+    if problems:
+        return False, f"files do not match its manifest ({problems[0]})"
+    if manifest.source.get("sha256") != source_sha:
+        return False, "it was built from a different source model"
+    if (manifest.calibration or {}).get("sha256") != calibration_sha:
+        return False, "it was built with a different calibration set (or imatrix setting)"
+    return True, "up to date (manifest verifies, same source)"
+
+
+def _outcome_from_manifest(name: str, target: Target, path: Path, status: str, message: str) -> Outcome:
+    from globmed_edge.manifest import load_manifest
+
+    m = load_manifest(path)
+    return Outcome(name, target.format, target.quantization, status, str(path), m.size_bytes,
+                   m.bits_per_weight, m.parity, (m.parity or {}).get("passed"), m.allow_drift,
+                   message, m.wall_seconds)
+
+
+@dataclass
+class _Run:
+    """State shared by the builds of one run: loaded once, on first need."""
+
+    source: Path
+    model_name: str
+    info: SourceInfo
+    opts: QuantizeOptions
+    warn: Callable[[str], None]
+    source_sha: str = ""
+    _calibration: Calibration | None = None
+    _reference: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def calibration(self) -> Calibration:
+        if self._calibration is None:
+            from globmed_edge.quantize.calibration import build_calibration
+
+            t0 = time.perf_counter()
+            self._calibration = build_calibration(self.opts.calibration or None, size=self.opts.calibration_size)
+            self.timings["calibration"] = round(time.perf_counter() - t0, 2)
+        return self._calibration
+
+    def reference(self) -> Any:
+        if self._reference is None:
+            from globmed_edge.quantize.parity import compute_reference
+
+            self._reference = compute_reference(self.source, threads=self.opts.threads,
+                                                progress=self.opts.progress)
+        return self._reference
+
+    def uses_calibration(self, target: Target) -> bool:
+        assert target.spec is not None
+        return target.spec.needs_calibration or (target.format == "gguf" and self.opts.imatrix)
+
+    def export_options(self, target: Target) -> dict[str, Any]:
+        return {"imatrix": self.opts.imatrix} if target.format == "gguf" else {}
+
+
+def quantize(model: str | Path, opts: QuantizeOptions, *, warn: Callable[[str], None] = print) -> list[Outcome]:
+    """Make every requested build of `model` (an HF folder or an embedded model name)."""
+    from globmed_edge.models import MODELS, resolve_model
+
+    targets = parse_targets(opts.formats)
+    source = resolve_model(model).resolve()
+    info = check_source(source)
+    model_name = str(model) if str(model) in MODELS else source.name
+    run = _Run(source, model_name, info, opts, warn)
+    outcomes: list[Outcome] = []
+    with locked(opts.out):
+        for name in clean_stale(opts.out):
+            warn(f"removed {opts.out / name} (left by an interrupted run)")
+        run.source_sha = source_hash(source, progress=opts.progress)
+        for target in targets:
+            name = build_name(model_name, target)
+            why = check_available(target)
+            if why:
+                warn(f"warning: skipping {target.label}: {why}")
+                outcomes.append(Outcome(name, target.format, target.quantization, "unavailable", message=why))
+                continue
+            outcomes.append(_one(run, target, name))
+    return outcomes
+
+
+def _one(run: _Run, target: Target, name: str) -> Outcome:
+    final = run.opts.out / name
+    try:
+        cal = run.calibration() if run.uses_calibration(target) else None
+        if final.exists() and not run.opts.force:
+            ok, why = existing_build(final, run.source_sha, cal.sha256 if cal else None)
+            if ok:
+                run.warn(f"{name}: skipped, {why} (use --force to rebuild)")
+                return _outcome_from_manifest(name, target, final, "skipped", why)
+            run.warn(f"{name}: replacing the existing folder: {why}")
+        manifest, message = make_build(run, target, name, final, cal)
+    except ParityError as exc:
+        run.warn(f"error: {exc}")
+        return Outcome(name, target.format, target.quantization, "failed", passed=False,
+                       parity=getattr(exc, "parity", None), message=str(exc))
+    except GlobmedError as exc:
+        run.warn(f"error: {name}: {exc}")
+        return Outcome(name, target.format, target.quantization, "failed", message=str(exc))
+    return Outcome(name, target.format, target.quantization, "built", str(final), manifest.size_bytes,
+                   manifest.bits_per_weight, manifest.parity, (manifest.parity or {}).get("passed"),
+                   manifest.allow_drift, message, manifest.wall_seconds)
+
+
+# ---------------------------------------------------------------------------- the source model
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja")
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    architecture: str
+    model_type: str | None
+    weights: tuple[str, ...]
+    tokenizer: dict[str, Any]
+
+
+def check_source(path: Path) -> SourceInfo:
+    """One-line ModelError for a folder that cannot be quantized; what it holds otherwise."""
+    import json
+
+    cfg = path / "config.json"
+    if not path.is_dir():
+        raise ModelError(f"{path}: not a folder")
+    if not cfg.is_file():
+        raise ModelError(f"{path}: missing config.json (not a Hugging Face model folder)")
+    try:
+        config = json.loads(cfg.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelError(f"{cfg}: invalid JSON ({exc})") from None
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else None
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ModelError(f"{cfg}: unsupported architecture {arch!r} "
+                         f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    weights = _weight_files(path)
+    for w in weights:
+        if w.endswith(".safetensors"):
+            _check_safetensors(path / w)
+    if not ((path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file()):
+        raise ModelError(f"{path}: missing tokenizer files (tokenizer.json or tokenizer.model)")
+    return SourceInfo(arch, config.get("model_type"), tuple(weights), tokenizer_record(path))
+
+
+def _weight_files(path: Path) -> list[str]:
+    import json
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelError(f"{index}: unreadable shard index ({exc})") from None
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise ModelError(f"{path}: missing weight shard(s) {', '.join(missing)} listed in {index.name}")
+        return shards
+    found = sorted(p.name for p in path.glob("*.safetensors")) or sorted(p.name for p in path.glob("pytorch_model*.bin"))
+    if not found:
+        raise ModelError(f"{path}: missing weights (no *.safetensors or pytorch_model*.bin)")
+    return found
+
+
+def _check_safetensors(path: Path) -> None:
+    """Header and size of a safetensors file; catches truncated and garbled files cheaply."""
+    import json
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little") if size >= 8 else -1
+            if not 0 < n <= min(size - 8, 100 << 20):
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(fh.read(n).decode("utf-8"))
+        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+        if 8 + n + max(ends, default=0) != size:
+            raise ValueError(f"the header describes {8 + n + max(ends, default=0)} bytes, the file has {size}")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: corrupted safetensors file ({str(exc)[:160]})") from None
+
+
+def tokenizer_record(path: Path) -> dict[str, Any]:
+    """sha256 of the tokenizer files and of the chat template (what parity compares against)."""
+    import hashlib
+    import json
+
+    from globmed_edge.atomic import sha256_file
+
+    files = {n: sha256_file(path / n) for n in TOKENIZER_FILES if (path / n).is_file()}
+    template, where = None, None
+    if (path / "chat_template.jinja").is_file():
+        template, where = (path / "chat_template.jinja").read_text(encoding="utf-8"), "chat_template.jinja"
+    elif (path / "tokenizer_config.json").is_file():
+        with contextlib.suppress(ValueError):
+            t = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+            template, where = (t, "tokenizer_config.json") if isinstance(t, str) else (None, None)
+    combined = hashlib.sha256("".join(f"{n}\t{h}\n" for n, h in files.items()).encode()).hexdigest()
+    return {"sha256": combined, "files": files, "chat_template_from": where,
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None}
+
+
+def source_hash(path: Path, *, progress: bool = False) -> str:
+    """sha256 over (relative path, sha256) of every file of a model folder, hidden ones excluded."""
+    import hashlib
+
+    from tqdm.auto import tqdm
+
+    from globmed_edge.atomic import sha256_file
+
+    files = sorted(p for p in path.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    lines = []
+    for p in tqdm(files, desc=f"hash {path.name}", unit="file", disable=not progress, leave=False):
+        lines.append(f"{p.relative_to(path).as_posix()}\t{sha256_file(p)}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- one build
+
+
+def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibration | None) -> tuple[Any, str]:
+    """Export, check, hash and record one build in a temporary sibling, then rename it."""
+    import resource
+
+    from tqdm.auto import tqdm
+
+    from globmed_edge import __version__
+    from globmed_edge.atomic import atomic_dir
+    from globmed_edge.manifest import Manifest, hash_build_files, write_manifest
+    from globmed_edge.quantize.calibration import manifest_record
+    from globmed_edge.quantize.parity import check_parity, enforce
+
+    assert target.spec is not None
+    exporter = exporter_class(target.format)()
+    reference = run.reference()  # the source side, once per run (not part of this build's time)
+    t0 = time.perf_counter()
+    steps: dict[str, float] = {}
+    bar = tqdm(total=4, desc=name, unit="step", disable=not run.opts.progress)
+    try:
+        with atomic_dir(final, replace=True) as tmp:
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a build is shared like any folder
+            bar.set_postfix_str("export")
+            result = exporter.export(ExportRequest(
+                source=run.source, out_dir=tmp, quantization=target.quantization, calibration=cal,
+                options=run.export_options(target), progress=lambda s: bar.set_postfix_str(s[:70])))
+            steps["export"] = round(time.perf_counter() - t0, 2)
+            bar.update()
+            t1 = time.perf_counter()
+            bar.set_postfix_str("parity")
+            parity = check_parity(tmp, target.format, reference, target.spec.thresholds,
+                                  threads=run.opts.threads, progress=run.opts.progress, label=name)
+            steps["parity"] = round(time.perf_counter() - t1, 2)
+            bar.update()
+            try:
+                enforce(parity, allow_drift=run.opts.allow_drift, label=name)
+            except ParityError as exc:
+                exc.parity = parity.to_dict()  # type: ignore[attr-defined]
+                raise
+            bar.set_postfix_str("hash")
+            t2 = time.perf_counter()
+            files = hash_build_files(tmp)
+            steps["hash"] = round(time.perf_counter() - t2, 2)
+            bar.update()
+            self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+            manifest = Manifest(
+                name=name, format=target.format, quantization=target.quantization,
+                bits_per_weight=result.bits_per_weight if result.bits_per_weight is not None
+                else target.spec.bits_per_weight,
+                files=files,
+                source={"id": run.model_name, "path": str(run.source), "sha256": run.source_sha,
+                        "architecture": run.info.architecture, "model_type": run.info.model_type,
+                        "weights": list(run.info.weights), "record": _record(run.source)},
+                tokenizer=run.info.tokenizer, stop_tokens=list(result.stop_tokens),
+                calibration={**manifest_record(cal), "used_for": "gptq" if target.spec.needs_calibration
+                             else "imatrix"} if cal else None,
+                tools={"globmed-edge": __version__, **result.tools, **_parity_tools(target.format)},
+                parity=parity.to_dict(), allow_drift=run.opts.allow_drift,
+                wall_seconds=round(time.perf_counter() - t0, 2),
+                peak_rss_bytes=max(self_rss, child_rss),
+                extra={"exporter": result.extra, "seconds": steps,
+                       "parity_reference_seconds": reference.seconds,
+                       "peak_rss_self_bytes": self_rss, "peak_rss_children_bytes": child_rss,
+                       "options": run.export_options(target)},
+            )
+            write_manifest(tmp, manifest)
+            bar.update()
+    finally:
+        bar.close()
+    message = "parity FAILED, kept with --allow-drift" if not parity.passed else "parity passed"
+    if not parity.passed:
+        run.warn(f"warning: {name}: {'; '.join(parity.failures)} (kept: --allow-drift)")
+    return manifest, message
+
+
+def _record(source: Path) -> dict[str, Any] | None:
+    """Where an embedded or tiny model came from (its globmed_model.json), if it has one."""
+    from globmed_edge.models import read_record
+
+    rec = read_record(source)
+    return {k: rec[k] for k in ("name", "title", "license", "source", "seed") if k in rec} if rec else None
+
+
+def _parity_tools(fmt: str) -> dict[str, str]:
+    """Versions of the runtimes the parity check used (build side and source side)."""
+    import importlib.metadata as md
+
+    dists = {"gguf": ["llama-cpp-python"], "onnx": ["onnxruntime"], "gptq": ["gptqmodel", "optimum"]}
+    out = {}
+    for dist in [*dists.get(fmt, []), "transformers", "torch", "numpy"]:
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[dist] = md.version(dist)
+    return out
