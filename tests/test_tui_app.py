@@ -1,0 +1,279 @@
+"""Pilot-driven tests of the chat app with the deterministic fake backend (80x24)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from test_tui_fakes import DEFAULT_TOKENS, FakeBackend
+
+from globmed_edge.tui.app import ChatApp
+from globmed_edge.tui.builds import BuildChoice
+from globmed_edge.tui.i18n import Translator
+from globmed_edge.tui.screen_chat import ChatScreen
+from globmed_edge.tui.screen_history import HistoryScreen
+from globmed_edge.tui.screen_modals import HelpScreen, LanguageScreen
+from globmed_edge.tui.screen_picker import PickerScreen
+from globmed_edge.tui.store import ChatStore
+from globmed_edge.tui.widgets import ChatInput, MessageBox
+
+SIZE = (80, 24)
+
+
+def make_app(tmp_path: Path, backend: FakeBackend, **kw) -> ChatApp:
+    store = kw.pop("store", None) or ChatStore(tmp_path / "history.sqlite3")
+    return ChatApp(Path("fake-build"), store=store, backend_factory=lambda p: backend,
+                   export_dir=tmp_path / "exports", freeze_timings=True, **kw)
+
+
+async def until(pilot, cond, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if cond():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+async def ready(pilot, app: ChatApp) -> ChatScreen:
+    await until(pilot, lambda: app.chat is not None and app.chat.backend is not None)
+    assert app.chat is not None
+    return app.chat
+
+
+async def ask(pilot, chat: ChatScreen, text: str, wait: bool = True) -> None:
+    n = len(boxes(chat, "assistant"))
+    chat.query_one(ChatInput).insert(text)
+    await pilot.press("enter")
+    await until(pilot, lambda: len(boxes(chat, "assistant")) > n)
+    if wait:
+        await until(pilot, lambda: not chat.generating)
+
+
+def boxes(chat: ChatScreen, role: str) -> list[MessageBox]:
+    return [b for b in chat.query(MessageBox) if b.role == role]
+
+
+def notes(app: ChatApp) -> list[str]:
+    return [str(n.message) for n in app._notifications]
+
+
+async def test_opens_at_once_loads_in_worker_then_streams(tmp_path):
+    gate = threading.Event()
+    be = FakeBackend(load_delay=0.3)
+    app = make_app(tmp_path, be)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = app.chat
+        assert chat is not None and chat.backend is None  # first screen is up before the model
+        assert chat.query_one("#loading").display
+        assert "Loading fake-build" in str(chat.query_one("#status").render())
+        chat.query_one(ChatInput).insert("too early")
+        await pilot.press("enter")
+        assert "The model is still loading." in notes(app)
+        chat.query_one(ChatInput).clear()
+        chat = await ready(pilot, app)
+        assert not chat.query_one("#loading").display
+        be.gate = gate
+        await ask(pilot, chat, "What is ORS?", wait=False)
+        assert boxes(chat, "assistant")[-1].status == "streaming"
+        gate.set()
+        await until(pilot, lambda: not chat.generating)
+        answer = boxes(chat, "assistant")[-1]
+        assert answer.body == "".join(DEFAULT_TOKENS) and answer.status == "complete"
+        assert "AI answer" in str(answer.render())
+        assert "tokens/s" in str(chat.query_one("#status").render())
+        conv = app.store.list_conversations()[0]
+        assert [m.content for m in app.store.messages(conv.id)] == ["What is ORS?", answer.body]
+
+
+async def test_multiline_input_enter_sends_ctrl_j_newline(tmp_path):
+    be = FakeBackend()
+    app = make_app(tmp_path, be)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(pilot, app)
+        await pilot.press("a", "ctrl+j", "b")
+        assert chat.query_one(ChatInput).text == "a\nb"
+        await pilot.press("enter")
+        await until(pilot, lambda: not chat.generating and boxes(chat, "assistant"))
+        assert be.requests[0].messages[-1].content == "a\nb"
+        assert chat.query_one(ChatInput).text == ""
+
+
+async def test_escape_stops_and_keys_work_while_streaming(tmp_path):
+    be = FakeBackend(replies=[[f"w{i} " for i in range(400)]], delay=0.02)
+    app = make_app(tmp_path, be)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(pilot, app)
+        await ask(pilot, chat, "long answer please", wait=False)
+        await until(pilot, lambda: boxes(chat, "assistant")[-1].body)
+        await pilot.press("x", "y")  # typing is handled while tokens stream
+        assert chat.query_one(ChatInput).text == "xy" and chat.generating
+        await pilot.press("escape")
+        await until(pilot, lambda: not chat.generating)
+        answer = boxes(chat, "assistant")[-1]
+        assert answer.status == "stopped" and 0 < len(answer.body.split()) < 400
+        stored = app.store.messages(app.store.list_conversations()[0].id)[-1]
+        assert stored.status == "stopped" and stored.content == answer.body
+
+
+async def test_regenerate_replaces_the_answer(tmp_path):
+    be = FakeBackend(replies=[["first"], ["second"]])
+    app = make_app(tmp_path, be)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(pilot, app)
+        await ask(pilot, chat, "q")
+        await pilot.press("f5")
+        await until(pilot, lambda: not chat.generating and boxes(chat, "assistant")[-1].body == "second")
+        assert [b.body for b in boxes(chat, "assistant")] == ["second"]
+        msgs = app.store.messages(app.store.list_conversations()[0].id)
+        assert [(m.role, m.content) for m in msgs] == [("user", "q"), ("assistant", "second")]
+        assert be.requests[0] == be.requests[1]  # same question, same prompt
+
+
+async def test_error_mid_stream_is_shown_and_conversation_kept(tmp_path):
+    be = FakeBackend(replies=[["a", "b", "c"], ["fine"]], fail_at=2)
+    app = make_app(tmp_path, be)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(pilot, app)
+        await ask(pilot, chat, "first")
+        failed = boxes(chat, "assistant")[-1]
+        assert failed.status == "error" and failed.body == "ab" and "injected" in failed.note
+        assert any("injected" in n for n in notes(app))
+        be.fail_at = None
+        await ask(pilot, chat, "second")
+        assert boxes(chat, "assistant")[-1].body == "fine"
+        assert [m.content for m in be.requests[-1].messages[1:]] == ["second"]
+        assert len(app.store.messages(app.store.list_conversations()[0].id)) == 4
+
+
+async def test_language_switch_changes_interface_and_reply_language(tmp_path):
+    be = FakeBackend()
+    app = make_app(tmp_path, be)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(pilot, app)
+        await ask(pilot, chat, "hello")
+        await pilot.press("f4")
+        assert isinstance(app.screen, LanguageScreen)
+        for _ in range(12):  # en zh ja ko fr es de pt ru ar hi it -> sw is the 13th
+            await pilot.press("down")
+        await pilot.press("enter")
+        await until(pilot, lambda: app.lang == "sw")
+        sw = Translator("sw")
+        assert sw("safety_notice") in str(chat.query_one("#notice").render())
+        assert chat.query_one(ChatInput).placeholder == sw("input_placeholder")
+        assert sw("answer_marker") in str(boxes(chat, "assistant")[0].render())
+        await ask(pilot, chat, "homa")
+        assert "Kiswahili" in be.requests[-1].messages[0].content
+        assert app.store.list_conversations()[0].lang == "sw"
+
+
+async def test_red_flag_shows_emergency_reminder(tmp_path):
+    be = FakeBackend()
+    app = make_app(tmp_path, be, lang="fr")
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(pilot, app)
+        await ask(pilot, chat, "Enfant avec une raideur de la nuque et de la fièvre")
+        (box,) = boxes(chat, "emergency")
+        assert "protocole d'urgence" in box.body and "raideur de la nuque" in box.body
+        await ask(pilot, chat, "Et la dose de paracétamol ?")
+        assert len(boxes(chat, "emergency")) == 1
+
+
+async def test_history_persists_across_restarts_and_can_be_managed(tmp_path):
+    db = tmp_path / "history.sqlite3"
+    app = make_app(tmp_path, FakeBackend(replies=[["saved answer"]]), store=ChatStore(db))
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(pilot, app)
+        await ask(pilot, chat, "malaria in pregnancy")
+    app.store.close()
+    app2 = make_app(tmp_path, FakeBackend(), store=ChatStore(db))
+    async with app2.run_test(size=SIZE) as pilot:
+        chat = await ready(pilot, app2)
+        await pilot.press("f2")
+        assert isinstance(app2.screen, HistoryScreen)
+        await pilot.press(*"pregn")
+        table = app2.screen.query_one("#conversations")
+        await until(pilot, lambda: table.row_count == 1)
+        await pilot.press("f2")  # rename
+        rename = app2.screen.query_one("#rename")
+        rename.value = "Antenatal malaria"
+        await pilot.press("enter")
+        assert app2.store.list_conversations()[0].title == "Antenatal malaria"
+        await pilot.press("enter")  # open
+        await until(pilot, lambda: isinstance(app2.screen, ChatScreen))
+        assert [b.body for b in chat.query(MessageBox)] == ["malaria in pregnancy", "saved answer"]
+        await pilot.press("f2")
+        await pilot.press("f8")
+        assert app2.store.list_conversations()  # first press only asks
+        await pilot.press("f8")
+        assert app2.store.list_conversations() == []
+
+
+async def test_export_writes_three_files(tmp_path):
+    app = make_app(tmp_path, FakeBackend(replies=[["محلول الإماهة"]]), lang="ar")
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(pilot, app)
+        await ask(pilot, chat, "ما علاج الجفاف؟")
+        await pilot.press("f3")
+        await until(pilot, lambda: len(app.last_exports) == 3)
+    by_ext = {p.suffix: p for p in app.last_exports}
+    assert set(by_ext) == {".md", ".json", ".html"}
+    html = by_ext[".html"].read_text(encoding="utf-8")
+    assert 'lang="ar" dir="rtl"' in html and "محلول الإماهة" in html
+    data = json.loads(by_ext[".json"].read_text(encoding="utf-8"))
+    assert [m["content"] for m in data["messages"]] == ["ما علاج الجفاف؟", "محلول الإماهة"]
+
+
+async def test_copy_help_and_palette_commands(tmp_path):
+    app = make_app(tmp_path, FakeBackend(replies=[["copy me"]]))
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(pilot, app)
+        await pilot.press("f6")
+        assert "No answer yet." in notes(app)
+        await ask(pilot, chat, "q")
+        await pilot.press("f6")
+        assert app.clipboard == "copy me"
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, ChatScreen)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"Stop the answer", "Write the answer again", "Copy the last answer",
+                "Export (Markdown, JSON, HTML)", "Change language"} <= set(titles)
+
+
+async def test_picker_warns_when_build_is_bigger_than_free_ram(tmp_path):
+    be = FakeBackend()
+    big = BuildChoice("big-build", tmp_path / "big", "gguf", "q4_k_m", 8 * 2**30, "en, sw",
+                      10 * 2**30, 12.0)
+    app = ChatApp(None, store=ChatStore(tmp_path / "h.sqlite3"), backend_factory=lambda p: be,
+                  choices=[big], free_memory=2 * 2**30, freeze_timings=True)
+    async with app.run_test(size=SIZE) as pilot:
+        assert isinstance(app.screen, PickerScreen)
+        await pilot.press("enter")
+        assert isinstance(app.screen, PickerScreen)
+        assert any("only 2.0 GB" in n for n in notes(app))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, ChatScreen))
+        chat = await ready(pilot, app)
+        assert chat.build_name == "big-build"
+
+
+async def test_load_failure_is_shown(tmp_path):
+    app = make_app(tmp_path, FakeBackend(load_error="model.gguf: sha256 differs"))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: any("sha256 differs" in n for n in notes(app)))
+        assert "Could not load the model" in str(app.chat.query_one("#status").render())
+
+
+@pytest.mark.parametrize("env,expected", [({"LANG": "fr_FR.UTF-8"}, "fr"), ({"LANG": "C.UTF-8"}, "en"),
+                                          ({"GLOBMED_EDGE_LANG": "sw", "LANG": "fr_FR"}, "sw")])
+def test_default_language_from_environment(monkeypatch, env, expected):
+    from globmed_edge.tui.cli import _default_lang
+
+    for var in ("GLOBMED_EDGE_LANG", "LC_ALL", "LC_MESSAGES", "LANG"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert _default_lang() == expected
