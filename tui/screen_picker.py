@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
@@ -13,6 +14,10 @@ from globmed_edge.tui.builds import BuildChoice, free_memory, human_bytes
 
 if TYPE_CHECKING:
     from globmed_edge.tui.app import ChatApp
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 class PickerScreen(Screen[None]):
@@ -36,6 +41,7 @@ class PickerScreen(Screen[None]):
         yield Static(id="title")
         yield Static(id="notice")
         yield DataTable(id="builds", cursor_type="row", zebra_stripes=True)
+        yield Static(id="details")
         yield Static(id="hint")
 
     def on_mount(self) -> None:
@@ -51,14 +57,31 @@ class PickerScreen(Screen[None]):
                                                f"[b]F4[/b] {tr('key_language')}")
         table = self.query_one(DataTable)
         table.clear(columns=True)
-        table.add_columns(tr("col_name"), tr("col_size"), tr("col_langs"), tr("col_memory"),
-                          tr("col_speed"))
+        table.add_columns(tr("col_name"), tr("col_size"), tr("col_memory"), tr("col_speed"),
+                          tr("col_langs"))
         for i, c in enumerate(self.choices):
             warn = "⚠ " if c.expected_memory > self.free or c.problem else ""
             speed = f"{c.decode_tokens_per_s:.0f} tok/s" if c.decode_tokens_per_s else "–"
-            name = f"{warn}{c.name} ({c.format} {c.quantization})"
-            table.add_row(name, human_bytes(c.size_bytes), c.languages[:18],
-                          "≈" + human_bytes(c.expected_memory), speed, key=str(i))
+            name = _clip(f"{warn}{c.name}", 26)
+            table.add_row(name, human_bytes(c.size_bytes), "≈" + human_bytes(c.expected_memory),
+                          speed, _clip(c.languages, 16), key=str(i))
+        self._show_details(0)
+
+    def _show_details(self, index: int) -> None:
+        if not self.choices:
+            self.query_one("#details", Static).update("")
+            return
+        c = self.choices[index]
+        text = f"{c.name} · {c.format} {c.quantization} · {c.languages}\n{c.path}"
+        if c.problem:
+            text += f"\n⚠ {c.problem}"
+        elif c.expected_memory > self.free:
+            text += f"\n⚠ {self.chat_app.tr('ram_warning', name=c.name, need=human_bytes(c.expected_memory), free=human_bytes(self.free))}"
+        self.query_one("#details", Static).update(Text(text))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key.value is not None:
+            self._show_details(int(str(event.row_key.value)))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         index = int(str(event.row_key.value))
