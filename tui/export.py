@@ -127,6 +127,8 @@ def export_conversation(store: ChatStore, conv_id: int, fmt: str, out_dir: Path 
     messages = store.messages(conv_id)
     if path is None:
         base = out_dir if out_dir is not None else default_export_dir()
+        if out_dir is None and not base.exists():
+            base.mkdir(parents=True, mode=0o700)  # conversations are patient-related: owner only
         path = base / f"{conv.id:04d}-{slug(conv.title)}.{fmt}"
     atomic_write_text(path, RENDERERS[fmt](conv, messages))
     return path

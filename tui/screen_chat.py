@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
@@ -53,6 +54,7 @@ class ChatScreen(Screen[None]):
         self._cancel = threading.Event()
         self._load_started = time.monotonic()
         self._answer_box: MessageBox | None = None
+        self._status: Callable[[], str] | None = None
 
     @property
     def chat_app(self) -> ChatApp:
@@ -71,7 +73,7 @@ class ChatScreen(Screen[None]):
     def on_mount(self) -> None:
         self.apply_language()
         self.query_one("#input").focus()
-        self.set_status(self.chat_app.tr("loading", name=self.build_name))
+        self.set_status(lambda: self.chat_app.tr("loading", name=self.build_name))
 
     # ------------------------------------------------------------------ language
 
@@ -86,9 +88,13 @@ class ChatScreen(Screen[None]):
         self.query_one("#keys", Static).update("  ".join(f"[b]{k}[/b] {tr(v)}" for k, v in keys))
         for box in self.query(MessageBox):
             box.set_translator(tr)
+        if self._status is not None:
+            self.set_status(self._status)
 
-    def set_status(self, text: str) -> None:
-        self.query_one("#status", StatusLine).update(Text(text))
+    def set_status(self, text: str | Callable[[], str]) -> None:
+        """Show a status; a callable is re-evaluated when the interface language changes."""
+        self._status = text if callable(text) else (lambda: text)
+        self.query_one("#status", StatusLine).update(Text(self._status()))
 
     def stats_text(self, stats: StreamStats) -> str:
         if self.chat_app.freeze_timings:
@@ -104,13 +110,12 @@ class ChatScreen(Screen[None]):
         if self.session is not None:
             self.session.backend = message.backend
         self.query_one("#loading").display = False
-        self.set_status(self.chat_app.tr("ready", name=self.build_name))
+        self.set_status(lambda: self.chat_app.tr("ready", name=self.build_name))
 
     def on_model_failed(self, message: ModelFailed) -> None:
         self.query_one("#loading").display = False
-        text = self.chat_app.tr("load_failed", error=message.error)
-        self.set_status(text)
-        self.notify(text, severity="error", timeout=20, markup=False)
+        self.set_status(lambda: self.chat_app.tr("load_failed", error=message.error))
+        self.notify(self.chat_app.tr("load_failed", error=message.error), severity="error", timeout=20, markup=False)
 
     # ------------------------------------------------------------------ conversation
 
@@ -134,6 +139,9 @@ class ChatScreen(Screen[None]):
         for turn in self.session.turns:
             log.mount(MessageBox(turn.role, turn.content, self.session.lang, self.chat_app.tr,
                                  status=turn.status, note=str(turn.meta.get("error", ""))))
+            reminder = emergency_reminder(turn.content, self.session.lang) if turn.role == "user" else None
+            if reminder:  # derived from the question, so it comes back with the conversation
+                log.mount(MessageBox("emergency", reminder, self.session.lang, self.chat_app.tr))
         log.scroll_end(animate=False)
 
     @on(ChatInput.Submitted)
@@ -168,7 +176,7 @@ class ChatScreen(Screen[None]):
         self._log().scroll_end(animate=False)
         self._cancel = threading.Event()
         self.generating = True
-        self.set_status(self.chat_app.tr("waiting"))
+        self.set_status(lambda: self.chat_app.tr("waiting"))
         self._generate(self.session, self._cancel)
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
@@ -202,10 +210,9 @@ class ChatScreen(Screen[None]):
         if self._answer_box is not None:
             self._answer_box.set_content(message.text, message.status)
             self._log().scroll_end(animate=False)
-        status = self.stats_text(message.stats)
-        if message.status == "stopped":
-            status = f"{self.chat_app.tr('stopped')} {status}"
-        self.set_status(status)
+        stats, stopped = message.stats, message.status == "stopped"
+        self.set_status(lambda: (self.chat_app.tr("stopped") + " " if stopped else "")
+                        + self.stats_text(stats))
 
     def on_stream_failed(self, message: StreamFailed) -> None:
         self.generating = False
