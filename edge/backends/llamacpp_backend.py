@@ -1,0 +1,403 @@
+"""The llama.cpp backend: GGUF builds through llama-cpp-python (CPU; CUDA where built with it).
+
+One `llama_cpp.Llama` context serves everything. Its KV cache is kept between calls and every
+call states the whole token sequence it needs (`_advance`): the longest common prefix with what
+is already cached is kept and only the rest is evaluated, so a second chat turn evaluates just
+the new turn, and the options of a multiple-choice item (or items sharing a k-shot prefix) reuse
+the context. Logits are requested only for the positions a call needs (the last one while
+generating, every continuation position while scoring), because the output projection over a
+49k-262k vocabulary is a large part of the work of a small model.
+
+Sampling is done here in numpy (greedy at temperature 0, seeded temperature/top-p otherwise),
+the same algorithm as the onnx backend. The chat template is the build's own
+`tokenizer.chat_template` from the GGUF metadata, rendered the way transformers renders it.
+llama.cpp's log output is routed to this module's logger at DEBUG level.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from globmed_edge.backends.base import (
+    Capabilities,
+    GenerationRequest,
+    MemoryReport,
+    Message,
+    ScoreRequest,
+    ScoreResult,
+    TokenEvent,
+    process_memory,
+    split_pair,
+)
+from globmed_edge.backends.onnx_backend import SPECIAL_KEYS, _compile_template
+from globmed_edge.backends.transformers_backend import IncrementalDecoder
+from globmed_edge.deps import require
+from globmed_edge.errors import BackendError, ConfigError, ModelError, UnknownNameError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 4096
+OPTIONS = ("device", "threads", "n_ctx", "context_length", "n_batch", "n_gpu_layers", "verify", "seed")
+# GGUF metadata key of each special token transformers passes to chat templates.
+_SPECIAL_META = {"bos_token": "bos", "eos_token": "eos", "unk_token": "unknown", "pad_token": "padding",
+                 "sep_token": "seperator", "cls_token": "cls", "mask_token": "mask"}
+
+_errors: deque[str] = deque(maxlen=8)  # llama.cpp's latest warning/error lines, for messages
+_log_callback: Any = None  # kept referenced: llama.cpp holds a raw pointer to it
+
+
+def _route_logs(llama_cpp: Any) -> None:
+    """Send llama.cpp's (and ggml's) log output to `log.debug` instead of stderr."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        line = (text or b"").decode("utf-8", "replace").strip()
+        if line:
+            if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+                _errors.append(line)
+            log.debug("llama.cpp: %s", line)
+
+    _log_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+@functools.cache
+def gpu_offload_supported() -> bool:
+    """Whether the installed llama-cpp-python was built with a GPU backend (CUDA, Metal...)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+class _Capabilities:
+    """`capabilities` as data; "cuda" appears only when this llama.cpp build can offload."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> Capabilities:
+        return Capabilities(devices=("cpu", "cuda") if gpu_offload_supported() else ("cpu",))
+
+
+class LlamaCppBackend:
+    name: ClassVar[str] = "llamacpp"
+    capabilities: ClassVar[Capabilities] = _Capabilities()  # type: ignore[assignment]
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", threads: int | None = None,
+                 n_ctx: int | None = None, context_length: int | None = None, n_batch: int = 512,
+                 n_gpu_layers: int | None = None, verify: bool = True, seed: int = 0,
+                 **unknown: Any) -> None:
+        if unknown:
+            raise UnknownNameError("llamacpp backend option", sorted(unknown)[0], list(OPTIONS))
+        if n_ctx and context_length and n_ctx != context_length:
+            raise ConfigError(f"n_ctx={n_ctx} and context_length={context_length} disagree (give one)")
+        if device != "cpu" and not device.startswith("cuda"):
+            raise ConfigError(f"device {device!r}: the llamacpp backend runs on 'cpu' or 'cuda'")
+        for key, value in (("threads", threads), ("n_ctx", n_ctx or context_length), ("n_batch", n_batch)):
+            if value is not None and int(value) < 1:
+                raise ConfigError(f"{key}={value}: must be a positive integer")
+        self.path = Path(path)
+        self.threads = threads
+        self.n_ctx = int(n_ctx or context_length or DEFAULT_CONTEXT)
+        self.n_batch = int(n_batch)
+        # device="cuda" offloads every layer unless n_gpu_layers says otherwise (-1 = all).
+        self.n_gpu_layers = int(n_gpu_layers) if n_gpu_layers is not None else (-1 if device != "cpu" else 0)
+        self.device = "cpu" if self.n_gpu_layers == 0 else ("cuda" if device == "cpu" else device)
+        self.verify = verify
+        self.seed = seed
+        self.llm: Any = None
+        self.manifest: Any = None
+        self.model_file: Path | None = None
+        self.metadata: dict[str, str] = {}
+        self.evaluated_tokens = 0  # tokens run through the model since load (prefix reuse is visible here)
+        self._vocab: Any = None
+        self._n_vocab = 0
+        self._template: Any = None
+        self._special: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _resolve(self) -> Path:
+        """The GGUF file to load, after checking the build against its manifest."""
+        folder = self.path if self.path.is_dir() else self.path.parent
+        if self.verify and (folder / "manifest.json").is_file():
+            from globmed_edge.manifest import require_valid_build
+
+            self.manifest = require_valid_build(folder)
+            if self.manifest.format != "gguf":
+                raise ModelError(f"{folder}: manifest format is {self.manifest.format!r}, not 'gguf'")
+        if self.path.is_file():
+            return self.path
+        if not self.path.is_dir():
+            raise ModelError(f"{self.path}: no such GGUF file or build folder")
+        files = [p for p in sorted(self.path.glob("*.gguf")) if "imatrix" not in p.name]
+        if len(files) != 1:
+            found = ", ".join(p.name for p in files) or "none"
+            raise ModelError(f"{self.path}: expected exactly one model .gguf file, found {found}")
+        return files[0]
+
+    def load(self) -> None:
+        llama_cpp = require("llama_cpp", "gguf")
+        self.model_file = self._resolve()
+        if self.n_gpu_layers and not gpu_offload_supported():
+            raise BackendError(f"n_gpu_layers={self.n_gpu_layers} ({self.device}) requested but this "
+                               "llama-cpp-python was built without GPU offload (CPU build)")
+        _route_logs(llama_cpp)
+        _errors.clear()
+        threads = int(self.threads or physical_cores())
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(self.model_file), n_ctx=self.n_ctx, n_batch=self.n_batch,
+                n_ubatch=self.n_batch, n_threads=threads, n_threads_batch=threads,
+                n_gpu_layers=self.n_gpu_layers, seed=self.seed, logits_all=False,
+                swa_full=True,  # keep sliding-window layers' full KV so any prefix can be reused
+                verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            detail = next((e for e in _errors if "error" in e.lower()), str(exc).splitlines()[0])
+            raise ModelError(f"{self.model_file}: llama.cpp cannot load this GGUF "
+                             f"({' '.join(detail.split())[:200]})") from None
+        self.llm = llm
+        self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self._n_vocab = int(llm.n_vocab())
+        self.metadata = dict(llm.metadata)
+        self._special = {}
+        for key, meta in _SPECIAL_META.items():
+            tid = self.metadata.get(f"tokenizer.ggml.{meta}_token_id")
+            if tid is not None and tid.lstrip("-").isdigit() and 0 <= int(tid) < self._n_vocab:
+                self._special[key] = llama_cpp.llama_vocab_get_text(self._vocab, int(tid)).decode("utf-8")
+        self._template = None
+        self.evaluated_tokens = 0
+        log.debug("loaded %s (%d threads, n_ctx %d, %d GPU layers)", self.model_file, threads,
+                  self.n_ctx, self.n_gpu_layers)
+
+    def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.close()
+
+    def _require_loaded(self) -> Any:
+        if self.llm is None:
+            raise BackendError("backend used before load()")
+        return self.llm
+
+    # ------------------------------------------------------------------ text
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """Token ids like transformers' `tokenizer(text, add_special_tokens=add_special)`:
+        special tokens written in the text are parsed; BOS/EOS added only if asked and the
+        vocabulary adds them (GGUF `tokenizer.ggml.add_bos_token`)."""
+        llm = self._require_loaded()
+        return [int(t) for t in llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)]
+
+    def detokenize(self, token_ids: Sequence[int], *, special: bool = False) -> str:
+        """Text of token ids; special tokens are skipped unless `special` (like skip_special_tokens)."""
+        import llama_cpp
+
+        self._require_loaded()
+        ids = (llama_cpp.llama_token * max(1, len(token_ids)))(*token_ids)
+        size = max(64, 8 * len(token_ids))
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_detokenize(self._vocab, ids, len(token_ids), buf, size, False, special)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", "replace")
+            size = -n + 1
+        raise BackendError(f"llama_detokenize failed for {len(token_ids)} tokens")
+
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        self._require_loaded()
+        if self._template is None:
+            source = self.metadata.get("tokenizer.chat_template")
+            if not source:
+                raise ModelError(f"{self.model_file}: the GGUF has no chat template "
+                                 "(metadata key tokenizer.chat_template)")
+            self._template = _compile_template(source)
+        return str(self._template.render(
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=add_generation_prompt, tools=None, documents=None,
+            **{k: self._special.get(k) for k in SPECIAL_KEYS}))
+
+    # ------------------------------------------------------------------ the KV cache
+
+    def _advance(self, tokens: Sequence[int], first: int) -> Any:
+        """Make the KV cache hold exactly `tokens`; return the logits of positions first..end.
+
+        The cached prefix that agrees with `tokens` is kept (up to `first`, whose logits must be
+        computed); the rest is decoded in chunks of n_batch with outputs only where needed.
+        """
+        import llama_cpp
+        import numpy as np
+
+        llm = self._require_loaded()
+        n = len(tokens)
+        if not 0 <= first < n:
+            raise BackendError(f"internal: no logits position {first} in {n} tokens")
+        if n > self.n_ctx:
+            raise BackendError(f"{n} tokens exceed the context length {self.n_ctx} (n_ctx option)")
+        arr = np.asarray(tokens, dtype=np.intc)
+        with self._lock:
+            keep = min(int(llm.n_tokens), first)
+            differ = np.flatnonzero(llm.input_ids[:keep] != arr[:keep])
+            if differ.size:
+                keep = int(differ[0])
+            if not llm._ctx.kv_cache_seq_rm(-1, keep, -1):  # e.g. a recurrent model: start over
+                llm._ctx.kv_cache_clear()
+                keep = 0
+            llm.n_tokens = keep
+            rows = []
+            for start in range(keep, n, self.n_batch):
+                chunk = arr[start:start + self.n_batch]
+                end = start + len(chunk)
+                llm._batch.set_batch(batch=chunk.tolist(), n_past=start, logits_all=False)
+                lo = max(first, start)
+                for i in range(lo - start, len(chunk)):
+                    llm._batch.batch.logits[i] = True
+                try:
+                    llm._ctx.decode(llm._batch)
+                except RuntimeError as exc:
+                    raise BackendError(f"llama.cpp decode failed ({exc})") from None
+                llm.input_ids[start:end] = chunk
+                llm.n_tokens = end
+                self.evaluated_tokens += len(chunk)
+                if lo < end:
+                    n_out = end - lo
+                    out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx),
+                                                shape=(n_out * self._n_vocab,))
+                    rows.append(out.reshape(n_out, self._n_vocab).astype(np.float32, copy=True))
+            return np.concatenate(rows)
+
+    @staticmethod
+    def _log_softmax(x: Any) -> Any:
+        import numpy as np
+
+        x = x.astype(np.float32)
+        x = x - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    # ------------------------------------------------------------------ generation
+
+    def stream(self, request: GenerationRequest, *, cancel: threading.Event | None = None
+               ) -> Iterator[TokenEvent]:
+        import llama_cpp
+        import numpy as np
+
+        self._require_loaded()
+        ids = self.tokenize(self.render_chat(request.messages), add_special=False)
+        budget = min(request.max_new_tokens, self.n_ctx - len(ids))
+        if budget <= 0:
+            raise BackendError(f"the prompt ({len(ids)} tokens) fills the context length {self.n_ctx}")
+        rng = np.random.default_rng(request.seed)
+        decoder = IncrementalDecoder(self.detokenize)
+        seq, emitted = list(ids), ""
+        for i in range(budget):
+            if cancel is not None and cancel.is_set():
+                yield TokenEvent("", i, time.perf_counter(), finish_reason="cancelled")
+                return
+            logits = self._advance(seq, len(seq) - 1)[-1]
+            token = _pick(logits, request, rng)
+            now, first = time.perf_counter(), (len(ids) if i == 0 else None)
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                yield TokenEvent("", i, now, token, "stop", first)
+                return
+            seq.append(token)
+            delta = decoder.push(token)
+            emitted += delta
+            hit = next((s for s in request.stop if s in emitted), None)
+            if hit is not None:
+                keep = delta[: max(0, len(delta) - (len(emitted) - emitted.index(hit)))]
+                yield TokenEvent(keep, i, now, token, "stop", first)
+                return
+            yield TokenEvent(delta, i, now, token, "length" if i == budget - 1 else None, first)
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Log-likelihoods. A context is evaluated once (or found in the KV cache) and each of
+        its continuations runs over it; one-token continuations need no extra evaluation."""
+        import numpy as np
+
+        self._require_loaded()
+        results: list[ScoreResult | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            if not r.context:
+                raise BackendError("score() needs a non-empty context")
+            groups.setdefault(r.context, []).append(i)
+        tok = lambda s: self.tokenize(s, add_special=True)  # noqa: E731
+        for context, idxs in groups.items():
+            pairs = [split_pair(tok, context, requests[i].continuation) for i in idxs]
+            ctx = pairs[0][0]
+            for c, _ in pairs[1:]:  # cache only the prefix every option's context shares
+                n = 0
+                while n < min(len(ctx), len(c)) and ctx[n] == c[n]:
+                    n += 1
+                ctx = ctx[:n]
+            if not ctx:
+                raise BackendError("score(): context encodes to no tokens")
+            last = self._log_softmax(self._advance(ctx, len(ctx) - 1))
+            for i, (c, k) in zip(idxs, pairs, strict=True):
+                cont = c[len(ctx):] + k
+                if not cont:
+                    results[i] = ScoreResult(0.0, 0, True)
+                    continue
+                table = last
+                if len(cont) > 1:
+                    table = np.concatenate([last, self._log_softmax(self._advance(ctx + cont[:-1], len(ctx)))])
+                lp = table[np.arange(len(cont)), cont].astype(np.float64)
+                greedy = bool((table.argmax(axis=-1) == np.array(cont)).all())
+                results[i] = ScoreResult(float(lp.sum()), len(cont), greedy)
+        return [r for r in results if r is not None]
+
+    def logprobs(self, token_ids: Sequence[int]) -> Any:
+        self._require_loaded()
+        if not token_ids:
+            raise BackendError("logprobs() needs at least one token")
+        bad = [t for t in token_ids if not 0 <= int(t) < self._n_vocab]
+        if bad:
+            raise BackendError(f"logprobs(): token id {bad[0]} is outside the vocabulary ({self._n_vocab})")
+        return self._log_softmax(self._advance([int(t) for t in token_ids], 0))
+
+    # ------------------------------------------------------------------ memory
+
+    def memory(self) -> MemoryReport:
+        rss, peak = process_memory()
+        return MemoryReport(rss, peak, self.device)
+
+
+def _pick(logits: Any, request: GenerationRequest, rng: Any) -> int:
+    """Greedy at temperature 0, else temperature + nucleus sampling from a seeded generator
+    (the onnx backend's algorithm, so equal logits give equal tokens)."""
+    import numpy as np
+
+    if request.temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float32) / request.temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if request.top_p < 1.0:
+        order = np.argsort(-p)
+        sorted_p = p[order]
+        keep = np.cumsum(sorted_p) - sorted_p < request.top_p
+        p = np.zeros_like(p)
+        p[order[keep]] = sorted_p[keep]
+        p /= p.sum()
+    return int(rng.choice(len(p), p=p))
