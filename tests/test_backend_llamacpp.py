@@ -69,10 +69,16 @@ def be(smollm2_gguf):
 
 @pytest.fixture(scope="module")
 def ref(default_model):
-    backend = open_backend(default_model)
-    backend.load()
-    yield backend
-    backend.close()
+    import torch
+
+    threads = torch.get_num_threads()  # threads=1 sets torch's process-wide count: restore it
+    try:
+        backend = open_backend(default_model, threads=1)
+        backend.load()
+        yield backend
+        backend.close()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _text(events) -> str:
