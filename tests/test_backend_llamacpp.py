@@ -139,6 +139,30 @@ def test_render_chat_matches_transformers(be, ref):
             assert be.render_chat(msgs, add_generation_prompt=gen) == ref.render_chat(msgs, add_generation_prompt=gen)
 
 
+def test_gguf_without_chat_template(smollm2_gguf, tmp_path):
+    import gguf
+    from gguf.scripts.gguf_new_metadata import copy_with_new_metadata, get_field_data
+
+    from globmed_edge.backends.llamacpp_backend import LlamaCppBackend
+
+    reader = gguf.GGUFReader(smollm2_gguf)
+    plain = tmp_path / "no-template.gguf"
+    writer = gguf.GGUFWriter(plain, arch=get_field_data(reader, gguf.Keys.General.ARCHITECTURE),
+                             endianess=reader.endianess)
+    copy_with_new_metadata(reader, writer, {}, ["tokenizer.chat_template"])
+    be = LlamaCppBackend(plain, threads=1, n_ctx=256)
+    be.load()
+    try:
+        assert be.tokenize("hello") == [28120]
+        with pytest.raises(ModelError, match=r"no-template\.gguf: the GGUF has no chat template"):
+            be.render_chat(CHATS[0])
+        with pytest.raises(ModelError, match="no chat template"):
+            next(be.stream(GenerationRequest.from_text("hi")))
+        assert be.score([ScoreRequest("The capital of France is", " Paris")])[0].n_tokens == 1
+    finally:
+        be.close()
+
+
 def test_greedy_stream_matches_llama_cpp_chat_completion(be):
     messages = [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": "What are the signs of dehydration in a child?"}]
@@ -278,6 +302,11 @@ def test_memory_logging_and_close(smollm2_gguf, capfd, caplog):
     assert mem.device == "cpu" and mem.peak_rss_bytes >= mem.rss_bytes > 50_000_000
     with pytest.raises(BackendError, match="exceed the context length 256"):
         be.logprobs([1] * 300)
+    long = be.tokenize("The patient has had a fever and a dry cough for three days. " * 12)
+    assert 128 < len(long) < 256
+    lp = be.logprobs(long)  # several decode calls of at most OUTPUT_ROWS logit rows
+    assert lp.shape == (len(long), 49152) and np.allclose(np.exp(lp).sum(-1), 1.0, atol=1e-3)
+    assert np.abs(lp[:60] - be.logprobs(long[:60])).max() < 1e-3
     with pytest.raises(BackendError, match="outside the vocabulary"):
         be.logprobs([49152])
     be.close()
@@ -334,10 +363,10 @@ def test_broken_files_give_one_line_model_errors(smollm2_gguf, tmp_path):
     truncated = tmp_path / "truncated.gguf"
     with smollm2_gguf.open("rb") as f:
         truncated.write_bytes(f.read(2_000_000))
-    for path in (garbage, truncated):
+    for path, why in ((garbage, "invalid magic characters"), (truncated, "not within the file bounds")):
         with pytest.raises(ModelError, match="llama.cpp cannot load this GGUF") as info:
             LlamaCppBackend(path).load()
-        assert str(path) in str(info.value) and "\n" not in str(info.value)
+        assert str(path) in str(info.value) and why in str(info.value) and "\n" not in str(info.value)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ModelError, match="found none"):

@@ -47,12 +47,15 @@ from globmed_edge.errors import BackendError, ConfigError, ModelError, UnknownNa
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 4096
+# Logit rows per decode call when many are wanted: llama.cpp's output buffer grows to the largest
+# request and stays (64 x 262k-vocabulary x 4 bytes = 67 MB for Gemma 3, instead of 537 MB at 512).
+OUTPUT_ROWS = 64
 OPTIONS = ("device", "threads", "n_ctx", "context_length", "n_batch", "n_gpu_layers", "verify", "seed")
 # GGUF metadata key of each special token transformers passes to chat templates.
 _SPECIAL_META = {"bos_token": "bos", "eos_token": "eos", "unk_token": "unknown", "pad_token": "padding",
                  "sep_token": "seperator", "cls_token": "cls", "mask_token": "mask"}
 
-_errors: deque[str] = deque(maxlen=8)  # llama.cpp's latest warning/error lines, for messages
+_errors: deque[str] = deque(maxlen=8)  # llama.cpp's error lines since the last load, for messages
 _log_callback: Any = None  # kept referenced: llama.cpp holds a raw pointer to it
 
 
@@ -66,7 +69,7 @@ def _route_logs(llama_cpp: Any) -> None:
     def callback(level: int, text: bytes, user_data: Any) -> None:
         line = (text or b"").decode("utf-8", "replace").strip()
         if line:
-            if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+            if level == 4:  # GGML_LOG_LEVEL_ERROR (0 none, 1 debug, 2 info, 3 warn, 5 continued)
                 _errors.append(line)
             log.debug("llama.cpp: %s", line)
 
@@ -172,7 +175,8 @@ class LlamaCppBackend:
                 swa_full=True,  # keep sliding-window layers' full KV so any prefix can be reused
                 verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
-            detail = next((e for e in _errors if "error" in e.lower()), str(exc).splitlines()[0])
+            # llama.cpp's first error line is the specific one ("invalid magic characters...")
+            detail = _errors[0] if _errors else str(exc).splitlines()[0]
             raise ModelError(f"{self.model_file}: llama.cpp cannot load this GGUF "
                              f"({' '.join(detail.split())[:200]})") from None
         self.llm = llm
@@ -264,9 +268,12 @@ class LlamaCppBackend:
                 keep = 0
             llm.n_tokens = keep
             rows = []
-            for start in range(keep, n, self.n_batch):
-                chunk = arr[start:start + self.n_batch]
-                end = start + len(chunk)
+            start = keep
+            while start < n:
+                end = min(n, start + self.n_batch)
+                if end > first:  # llama.cpp keeps an output buffer as large as the most rows asked
+                    end = min(end, max(first, start) + OUTPUT_ROWS)
+                chunk = arr[start:end]
                 llm._batch.set_batch(batch=chunk.tolist(), n_past=start, logits_all=False)
                 lo = max(first, start)
                 for i in range(lo - start, len(chunk)):
@@ -283,6 +290,7 @@ class LlamaCppBackend:
                     out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx),
                                                 shape=(n_out * self._n_vocab,))
                     rows.append(out.reshape(n_out, self._n_vocab).astype(np.float32, copy=True))
+                start = end
             return np.concatenate(rows)
 
     @staticmethod
