@@ -73,7 +73,7 @@ async def test_opens_at_once_loads_in_worker_then_streams(tmp_path):
         assert "The model is still loading." in notes(app)
         chat.query_one(ChatInput).clear()
         chat = await ready(pilot, app)
-        assert not chat.query_one("#loading").display
+        await until(pilot, lambda: not chat.query("#loading"))
         be.gate = gate
         await ask(pilot, chat, "What is ORS?", wait=False)
         assert boxes(chat, "assistant")[-1].status == "streaming"

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from globmed_edge.tui.app import ChatApp
 
 #: The screen repaints the streaming answer at most this often (the UI must not slow decoding).
-UPDATE_SECONDS = 0.05
+UPDATE_SECONDS = 0.1
 
 
 class ChatScreen(Screen[None]):
@@ -105,15 +105,20 @@ class ChatScreen(Screen[None]):
 
     # ------------------------------------------------------------------ model
 
+    def _drop_loading(self) -> None:
+        # Removed, not hidden: a hidden indeterminate bar would keep animating (CPU taken from decoding).
+        for bar in self.query("#loading"):
+            bar.remove()
+
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.backend = message.backend
         if self.session is not None:
             self.session.backend = message.backend
-        self.query_one("#loading").display = False
+        self._drop_loading()
         self.set_status(lambda: self.chat_app.tr("ready", name=self.build_name))
 
     def on_model_failed(self, message: ModelFailed) -> None:
-        self.query_one("#loading").display = False
+        self._drop_loading()
         self.set_status(lambda: self.chat_app.tr("load_failed", error=message.error))
         self.notify(self.chat_app.tr("load_failed", error=message.error), severity="error", timeout=20, markup=False)
 

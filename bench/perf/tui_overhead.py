@@ -1,0 +1,156 @@
+"""What the chat UI costs: the same build driven by the TUI (headless) and directly by its backend.
+
+Measures, in one process and with the runs interleaved (direct, TUI, direct, TUI, ...):
+
+* time to first paint and time to model ready of the app (`ChatApp.run_test`, headless);
+* time to first token and decode tokens/s of the same greedy request, through the app's worker
+  and directly through `backend.stream` (same system prompt, question and token budget), the
+  direct runs also in a fresh thread: on the loaded 2-core development machine torch decoded
+  ~3.5x slower from the main thread than from any other thread, so only same-context runs compare
+  (the main-thread figure is printed too);
+* key presses handled while tokens stream (latency of `pilot.press` and that the text arrived).
+
+Prints medians and the TUI/direct ratio. Target: the UI costs < 5% of decode throughput.
+One backend per process (see TOOLCHAIN.md: never time llama.cpp in a process that used torch).
+
+    python bench/perf/tui_overhead.py [BUILD] [--runs 5] [--tokens 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+QUESTION = "What are the danger signs of dehydration in a young child?"
+
+
+def direct_in_thread(backend, tokens: int) -> tuple[float, float, int]:
+    """`direct_run` in a fresh thread, as the app's worker runs generation (same context)."""
+    out: list[tuple[float, float, int]] = []
+    t = threading.Thread(target=lambda: out.append(direct_run(backend, tokens)))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def direct_run(backend, tokens: int) -> tuple[float, float, int]:
+    from globmed_edge.backends.base import GenerationRequest
+    from globmed_edge.tui.i18n import system_prompt
+
+    req = GenerationRequest.from_text(QUESTION, system=system_prompt("en"), max_new_tokens=tokens)
+    start = time.perf_counter()
+    times = [ev.time for ev in backend.stream(req) if ev.text or ev.token_id is not None]
+    ttft = times[0] - start
+    tps = (len(times) - 1) / (times[-1] - times[0])
+    return ttft, tps, len(times)
+
+
+async def tui_run(build: Path, tokens: int, db: Path, keys: bool) -> dict[str, float]:
+    from textual import events
+
+    from globmed_edge.tui.app import ChatApp
+    from globmed_edge.tui.store import ChatStore
+    from globmed_edge.tui.widgets import ChatInput, MessageBox
+
+    store = ChatStore(db)
+    app = ChatApp(build, store=store, max_new_tokens=tokens)
+    out: dict[str, float] = {}
+    async with app.run_test(size=(80, 24)) as pilot:
+        while app.first_paint is None:
+            await pilot.pause(0.001)
+        out["first_paint_s"] = app.first_paint
+        while app.chat is None or app.chat.backend is None:
+            await pilot.pause(0.01)
+        out["model_ready_s"] = app.model_ready or float("nan")
+        chat = app.chat
+        chat.query_one(ChatInput).insert(QUESTION)
+        await pilot.press("enter")
+        latencies = []
+        field = chat.query_one(ChatInput)
+        while True:
+            box = [b for b in chat.query(MessageBox) if b.role == "assistant"]
+            if box and box[-1].status not in ("streaming",):
+                break
+            if keys and box and box[-1].body and len(latencies) < 20:
+                # Inject a key as the terminal driver would and time until the input shows it.
+                # (pilot.press waits for the whole process to go idle, which it never does while
+                # decoding, so it would measure its own 2 s timeout.)
+                want = field.text + "k"
+                t = time.perf_counter()
+                app.post_message(events.Key("k", "k"))
+                while field.text != want and time.perf_counter() - t < 5:
+                    await asyncio.sleep(0.0005)
+                latencies.append(time.perf_counter() - t)
+            await asyncio.sleep(0.05)
+        if keys:
+            out["keys_pressed"] = len(latencies)
+            out["keys_arrived"] = chat.query_one(ChatInput).text.count("k")
+            out["key_latency_ms"] = 1000 * statistics.median(latencies) if latencies else float("nan")
+        meta = store.messages(store.list_conversations()[0].id)[-1].meta
+        out["ttft_s"], out["decode_tps"], out["tokens"] = meta["ttft_s"], meta["tokens_per_s"], meta["tokens"]
+    store.close()
+    if app.backend is not None:
+        app.backend.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("build", nargs="?", default="smollm2-135m-instruct")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=48)
+    args = ap.parse_args()
+
+    from globmed_edge.paths import force_offline
+
+    force_offline()
+    t0 = time.perf_counter()
+    import globmed_edge.tui.app  # noqa: F401  (textual + the app, cold)
+
+    import_s = time.perf_counter() - t0
+    from globmed_edge.tui.loader import load_backend, resolve_build
+
+    build = resolve_build(args.build)
+    t0 = time.perf_counter()
+    backend = load_backend(build)
+    direct_load_s = time.perf_counter() - t0
+    direct_run(backend, 4)  # warm-up (first call pays one-off allocations)
+
+    direct, main_thread, tui = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(tui_run(build, 4, Path(tmp) / "warm.sqlite3", keys=False))  # warm-up
+        direct_in_thread(backend, 4)
+        for i in range(args.runs):
+            direct.append(direct_in_thread(backend, args.tokens))
+            tui.append(asyncio.run(tui_run(build, args.tokens, Path(tmp) / f"{i}.sqlite3", keys=False)))
+            main_thread.append(direct_run(backend, args.tokens))
+        keyrun = asyncio.run(tui_run(build, args.tokens, Path(tmp) / "keys.sqlite3", keys=True))
+    backend.close()
+
+    med = statistics.median
+    d_ttft, d_tps = med(r[0] for r in direct), med(r[1] for r in direct)
+    t_ttft, t_tps = med(r["ttft_s"] for r in tui), med(r["decode_tps"] for r in tui)
+    print(f"build: {build}  ({backend.name} backend)  runs: {args.runs}  tokens: {args.tokens}")
+    print(f"import globmed_edge.tui.app (cold):   {import_s:7.3f} s")
+    print(f"TUI first paint (median):             {med(r['first_paint_s'] for r in tui):7.3f} s")
+    print(f"TUI model ready (median):             {med(r['model_ready_s'] for r in tui):7.3f} s"
+          f"   direct load: {direct_load_s:.3f} s (first, cold)")
+    print(f"time to first token   direct {d_ttft:7.3f} s   TUI {t_ttft:7.3f} s   ratio {t_ttft / d_ttft:5.3f}")
+    print(f"decode tokens/s       direct {d_tps:7.2f}     TUI {t_tps:7.2f}     ratio {t_tps / d_tps:5.3f}"
+          f"   (UI cost {100 * (1 - t_tps / d_tps):+.1f}%)")
+    print(f"per-run decode tok/s  direct {[round(r[1], 1) for r in direct]}  TUI {[round(r['decode_tps'], 1) for r in tui]}")
+    print(f"direct from the main thread instead of a worker thread: TTFT {med(r[0] for r in main_thread):.3f} s, "
+          f"decode {med(r[1] for r in main_thread):.2f} tok/s (for reference; the app generates in a worker)")
+    print(f"keys while streaming: pressed {keyrun['keys_pressed']:.0f}, arrived {keyrun['keys_arrived']:.0f}, "
+          f"median handling {keyrun['key_latency_ms']:.1f} ms; decode in that run {keyrun['decode_tps']:.2f} tok/s")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
