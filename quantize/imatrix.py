@@ -53,9 +53,18 @@ class Imatrix:
         np.savez(path, **arrays)
 
 
+#: Token budget: texts are used in the calibration set's (language round-robin) order until it
+#: is spent, so a cut keeps the languages balanced. ~10 min for a 135M model on 2 busy cores.
+DEFAULT_BUDGET = 16384
+
+
 def collect(source: Path, texts: Sequence[str], *, max_tokens: int = 512,
-            progress: Callable[[str], None] | None = None) -> tuple[dict[str, Any], int]:
-    """Run the HF model over `texts`; return {hf module name: (sum of x^2 per column)}, tokens."""
+            budget: int = DEFAULT_BUDGET, progress: Callable[[str], None] | None = None
+            ) -> tuple[dict[str, Any], int, int]:
+    """Run the HF model over `texts` until `budget` tokens are seen.
+
+    Returns {hf module name: (sum of x^2 per input column, token count)}, tokens, texts used.
+    """
     if not texts:
         raise ConfigError("imatrix: the calibration set has no texts")
     from globmed_edge.deps import require
@@ -65,8 +74,9 @@ def collect(source: Path, texts: Sequence[str], *, max_tokens: int = 512,
     torch = require("torch", "torch")
     transformers = require("transformers", "torch")
     tok = transformers.AutoTokenizer.from_pretrained(source)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    model.eval()
+    model.to(device).eval()
     sums: dict[str, Any] = {}
     counts: dict[str, int] = {}
 
@@ -83,18 +93,21 @@ def collect(source: Path, texts: Sequence[str], *, max_tokens: int = 512,
                if isinstance(m, torch.nn.Linear) and ".layers." in f".{n}"]
     if not handles:
         raise ModelError(f"{source}: imatrix found no linear layers inside transformer blocks")
-    n_tokens = 0
+    n_tokens = used = 0
     # The transformer body only: the LM head's logits (vocab x tokens) are not needed.
     body = getattr(model, model.base_model_prefix, model)
     try:
         with torch.inference_mode():
             for i, text in enumerate(texts):
-                ids = tok(text, add_special_tokens=True, truncation=True, max_length=max_tokens,
-                          return_tensors="pt")["input_ids"]
+                if n_tokens >= budget:
+                    break
+                ids = tok(text, add_special_tokens=True, truncation=True,
+                          max_length=min(max_tokens, budget - n_tokens), return_tensors="pt")["input_ids"]
                 if ids.shape[1] == 0:
                     continue
-                body(input_ids=ids)
+                body(input_ids=ids.to(device))
                 n_tokens += int(ids.shape[1])
+                used += 1
                 if progress is not None and (i % 16 == 0 or i == len(texts) - 1):
                     progress(f"imatrix: {i + 1}/{len(texts)} texts, {n_tokens} tokens")
     finally:
@@ -103,8 +116,8 @@ def collect(source: Path, texts: Sequence[str], *, max_tokens: int = 512,
     if n_tokens == 0:
         raise ConfigError("imatrix: the calibration texts produced no tokens")
     # Every hooked layer sees every token once (no MoE here), so count == n_tokens per layer.
-    out = {name: (s.numpy(), counts[name]) for name, s in sums.items()}
-    return out, n_tokens
+    out = {name: (s.cpu().numpy(), counts[name]) for name, s in sums.items()}
+    return out, n_tokens, used
 
 
 def to_gguf_names(stats: dict[str, Any], gguf_file: Path, n_tokens: int, n_texts: int) -> Imatrix:
@@ -138,10 +151,11 @@ def to_gguf_names(stats: dict[str, Any], gguf_file: Path, n_tokens: int, n_texts
 
 
 def compute(source: Path, texts: Sequence[str], gguf_file: Path, *, max_tokens: int = 512,
-            progress: Callable[[str], None] | None = None) -> Imatrix:
+            budget: int = DEFAULT_BUDGET, progress: Callable[[str], None] | None = None) -> Imatrix:
     """The importance matrix of `source` on `texts`, named for the converted `gguf_file`."""
-    stats, n_tokens = collect(source, texts, max_tokens=max_tokens, progress=progress)
-    return to_gguf_names(stats, gguf_file, n_tokens, len(texts))
+    stats, n_tokens, used = collect(source, texts, max_tokens=max_tokens, budget=budget,
+                                    progress=progress)
+    return to_gguf_names(stats, gguf_file, n_tokens, used)
 
 
 def load_c_array(path: Path) -> tuple[Any, list[Any]]:
