@@ -311,7 +311,7 @@ def test_runtimes_agree_on_the_tiny_model(tiny_model, tiny_onnx, tiny_gguf):
             for b in others:
                 assert b.tokenize(text, add_special=True) == ids, b.name
                 got = b.logprobs(ids).astype(np.float64)
-                assert np.abs(got - want).max() < (1e-3 if b.name == "onnx" else 5e-2), b.name
+                assert np.abs(got - want).max() < (1e-3 if b.name == "onnx" else 2e-2), b.name
                 assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.95, b.name
         req = GenerationRequest(CHAT, max_new_tokens=8)
         streams = [[e.token_id for e in b.stream(req)] for b in backends]

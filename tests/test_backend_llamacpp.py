@@ -105,6 +105,10 @@ def test_protocol_options_and_capabilities(be, smollm2_gguf, tmp_path):
     cuda = LlamaCppBackend(smollm2_gguf, device="cuda")
     assert cuda.n_gpu_layers == -1 and cuda.device == "cuda"
     assert LlamaCppBackend(smollm2_gguf, n_gpu_layers=8).n_gpu_layers == 8
+    assert LlamaCppBackend(smollm2_gguf, device="cuda:1").main_gpu == 1
+    for bad in ("gpu", "cuda:x", "cudax"):
+        with pytest.raises(ConfigError, match="runs on 'cpu', 'cuda' or 'cuda:N'"):
+            LlamaCppBackend(smollm2_gguf, device=bad)
     if not gpu:
         with pytest.raises(BackendError, match="without GPU offload"):
             cuda.load()

@@ -21,8 +21,10 @@ import functools
 import importlib.util
 import logging
 import os
+import re
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -112,8 +114,9 @@ class LlamaCppBackend:
             raise UnknownNameError("llamacpp backend option", sorted(unknown)[0], list(OPTIONS))
         if n_ctx and context_length and n_ctx != context_length:
             raise ConfigError(f"n_ctx={n_ctx} and context_length={context_length} disagree (give one)")
-        if device != "cpu" and not device.startswith("cuda"):
-            raise ConfigError(f"device {device!r}: the llamacpp backend runs on 'cpu' or 'cuda'")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+            raise ConfigError(f"device {device!r}: the llamacpp backend runs on 'cpu', 'cuda' or 'cuda:N'")
+        self.main_gpu = int(device.partition(":")[2] or 0)
         for key, value in (("threads", threads), ("n_ctx", n_ctx or context_length), ("n_batch", n_batch)):
             if value is not None and int(value) < 1:
                 raise ConfigError(f"{key}={value}: must be a positive integer")
@@ -136,6 +139,7 @@ class LlamaCppBackend:
         self._template: Any = None
         self._special: dict[str, str | None] = {}
         self._lock = threading.Lock()
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -160,6 +164,7 @@ class LlamaCppBackend:
 
     def load(self) -> None:
         llama_cpp = require("llama_cpp", "gguf")
+        self.close()
         self.model_file = self._resolve()
         if self.n_gpu_layers and not gpu_offload_supported():
             raise BackendError(f"n_gpu_layers={self.n_gpu_layers} ({self.device}) requested but this "
@@ -171,7 +176,7 @@ class LlamaCppBackend:
             llm = llama_cpp.Llama(
                 model_path=str(self.model_file), n_ctx=self.n_ctx, n_batch=self.n_batch,
                 n_ubatch=self.n_batch, n_threads=threads, n_threads_batch=threads,
-                n_gpu_layers=self.n_gpu_layers, seed=self.seed, logits_all=False,
+                n_gpu_layers=self.n_gpu_layers, main_gpu=self.main_gpu, seed=self.seed, logits_all=False,
                 swa_full=True,  # keep sliding-window layers' full KV so any prefix can be reused
                 verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
@@ -180,6 +185,9 @@ class LlamaCppBackend:
             raise ModelError(f"{self.model_file}: llama.cpp cannot load this GGUF "
                              f"({' '.join(detail.split())[:200]})") from None
         self.llm = llm
+        # Freed on close(), on garbage collection, or at exit before llama_cpp's module globals
+        # are torn down (a Llama left to __del__ then prints "Exception ignored ... TypeError").
+        self._finalizer = weakref.finalize(self, llm.close)
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._n_vocab = int(llm.n_vocab())
         self.metadata = dict(llm.metadata)
@@ -194,9 +202,10 @@ class LlamaCppBackend:
                   self.n_ctx, self.n_gpu_layers)
 
     def close(self) -> None:
-        llm, self.llm = self.llm, None
-        if llm is not None:
-            llm.close()
+        self.llm = None
+        if self._finalizer is not None:
+            self._finalizer()  # runs llm.close() once
+            self._finalizer = None
 
     def _require_loaded(self) -> Any:
         if self.llm is None:
