@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from globmed_edge.atomic import atomic_write_text
+from globmed_edge.atomic import atomic_write_bytes, atomic_write_text
 from globmed_edge.bench.records import AccuracyRecord, Record, merge
 from globmed_edge.bench.summary import (
     accuracy_records,
@@ -50,7 +50,8 @@ def _size(b: int) -> str:
     return f"{b / MiB:.1f}"
 
 
-def build_sections(records: Sequence[Record], chart_names: Sequence[str] = ()) -> list[Section]:
+def build_sections(records: Sequence[Record], chart_names: Sequence[str] = (), *,
+                   headroom_gb: float = 1.5) -> list[Section]:
     secs: list[Section] = []
     acc = accuracy_records(records)
     builds = builds_in(records)
@@ -121,16 +122,16 @@ def build_sections(records: Sequence[Record], chart_names: Sequence[str] = ()) -
             secs[-1].bullets.append(f"hardware ({hw.get('host', '?')}): {hw.get('cpu', '?')}, "
                                     f"{hw.get('cores_logical', '?')} logical cores, "
                                     f"{hw.get('ram_bytes', 0) / 1024**3:.1f} GiB RAM, GPU: {gpu}; {libs}")
-    return secs + _tail_sections(records, chart_names)
+    return secs + _tail_sections(records, chart_names, headroom_gb)
 
 
-def _tail_sections(records: Sequence[Record], chart_names: Sequence[str]) -> list[Section]:
+def _tail_sections(records: Sequence[Record], chart_names: Sequence[str], headroom_gb: float) -> list[Section]:
     out = []
     if acc := accuracy_records(records):
         del acc
-        tiers = recommend(records, headroom_gb=_HEADROOM[0])
+        tiers = recommend(records, headroom_gb=headroom_gb)
         sec = Section("Recommendation per RAM tier", [
-            f"Best macro accuracy among builds whose measured CPU peak RSS plus {_HEADROOM[0]:g} GB of headroom "
+            f"Best macro accuracy among builds whose measured CPU peak RSS plus {headroom_gb:g} GB of headroom "
             "(OS, chat app) fits the laptop's RAM (GB here = GiB). Accuracy differences smaller than the "
             "confidence intervals in the accuracy table are not evidence that one build is better."])
         for t in tiers:
@@ -141,8 +142,6 @@ def _tail_sections(records: Sequence[Record], chart_names: Sequence[str]) -> lis
         out.append(Section("Charts", charts=list(chart_names)))
     return out
 
-
-_HEADROOM = [1.5]
 
 
 def _md_table(t: Table) -> list[str]:
@@ -205,14 +204,13 @@ def render(records: Sequence[Record], *, headroom_gb: float = 1.5, charts: bool 
 
     if not records:
         raise DataError("no records to report on")
-    _HEADROOM[0] = headroom_gb
     images: dict[str, bytes] = {}
     if charts:
         for name, fn in CHARTS.items():
             png = fn(records)
             if png is not None:
                 images[name] = png
-    sections = build_sections(records, list(images))
+    sections = build_sections(records, list(images), headroom_gb=headroom_gb)
     return to_markdown(sections), to_html(sections, images), images
 
 
@@ -233,7 +231,7 @@ def write_report(results: Sequence[Path], out: Path, *, reference: str | None = 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, png in images.items():
-        (out / name).write_bytes(png)
+        atomic_write_bytes(out / name, png)
         paths.append(out / name)
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", page)
