@@ -101,7 +101,7 @@ def exit_code(outcomes: list[Any]) -> int:
 @click.option("--allow-drift", is_flag=True,
               help="Keep builds that fail their parity check (recorded in the manifest).")
 @click.option("--force", is_flag=True, help="Rebuild even when an up-to-date build exists.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the parity check.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the parity check (and GGUF quantization).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result table as JSON.")
 @click.pass_context
 def quantize(ctx: click.Context, model: str, out: Path | None, formats: tuple[str, ...],

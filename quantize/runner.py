@@ -230,7 +230,10 @@ class _Run:
         return target.spec.needs_calibration or (target.format == "gguf" and self.opts.imatrix)
 
     def export_options(self, target: Target) -> dict[str, Any]:
-        return {"imatrix": self.opts.imatrix} if target.format == "gguf" else {}
+        if target.format != "gguf":
+            return {}
+        threads = {"threads": self.opts.threads} if self.opts.threads else {}
+        return {"imatrix": self.opts.imatrix, **threads}
 
 
 def quantize(model: str | Path, opts: QuantizeOptions, *, warn: Callable[[str], None] = print) -> list[Outcome]:
@@ -408,7 +411,6 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
     from globmed_edge import __version__
     from globmed_edge.atomic import atomic_dir
     from globmed_edge.manifest import Manifest, hash_build_files, write_manifest
-    from globmed_edge.quantize.calibration import manifest_record
     from globmed_edge.quantize.parity import check_parity, enforce
 
     assert target.spec is not None
@@ -455,8 +457,7 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
                         "architecture": run.info.architecture, "model_type": run.info.model_type,
                         "weights": list(run.info.weights), "record": _record(run.source)},
                 tokenizer=run.info.tokenizer, stop_tokens=list(result.stop_tokens),
-                calibration={**manifest_record(cal), "used_for": "gptq" if target.spec.needs_calibration
-                             else "imatrix"} if cal else None,
+                calibration=_calibration_record(cal, target, result.extra),
                 tools={"globmed-edge": __version__, **result.tools, **_parity_tools(target.format)},
                 parity=parity.to_dict(), allow_drift=run.opts.allow_drift,
                 wall_seconds=round(time.perf_counter() - t0, 2),
@@ -474,6 +475,22 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
     if not parity.passed:
         run.warn(f"warning: {name}: {'; '.join(parity.failures)} (kept: --allow-drift)")
     return manifest, message
+
+
+def _calibration_record(cal: Calibration | None, target: Target, extra: dict[str, Any]) -> dict[str, Any] | None:
+    """The calibration set given to the exporter, and whether it used it.
+
+    GGUF gets the set whenever the importance matrix is on, but applies it only to the quantization
+    types that take one (k-quants, q4_0): the exporter says so by reporting an `imatrix` in extra.
+    """
+    from globmed_edge.quantize.calibration import manifest_record
+
+    if cal is None:
+        return None
+    assert target.spec is not None
+    needs = target.spec.needs_calibration
+    return {**manifest_record(cal), "used_for": "gptq" if needs else "imatrix",
+            "applied": bool(needs or extra.get("imatrix"))}
 
 
 def _record(source: Path) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@ resume / drift / interruption (KeyboardInterrupt injected and a real SIGKILLed s
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import importlib
 import json
 import os
 import random
@@ -253,7 +253,7 @@ def test_tampered_or_foreign_builds_are_not_reused(fp32_run, tmp_path):
 
     from globmed_edge.cli.main import cli
 
-    out, (o,), _ = fp32_run
+    _out, (o,), _ = fp32_run
     source_sha = load_manifest(Path(o.path)).source["sha256"]
     assert existing_build(Path(o.path), source_sha, None) == (True, "up to date (manifest verifies, same source)")
     assert existing_build(Path(o.path), "0" * 64, None)[1] == "it was built from a different source model"
@@ -357,8 +357,17 @@ def test_sigkill_mid_export_leaves_no_valid_build(tiny_model, tmp_path):
 
 # ---------------------------------------------------------------------------- GGUF (once the exporter lands)
 
-HAVE_GGUF = importlib.util.find_spec("globmed_edge.quantize.gguf") is not None
-needs_gguf_exporter = pytest.mark.skipif(not HAVE_GGUF, reason="the GGUF exporter (quantize/gguf.py) has not landed yet")
+def _gguf_missing() -> str | None:
+    """Why the GGUF path cannot run yet (its exporter and backend are written in parallel)."""
+    for module in ("globmed_edge.quantize.gguf", "globmed_edge.backends.llamacpp_backend"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return f"{module} is not importable yet ({exc})"
+    return None
+
+
+needs_gguf_exporter = pytest.mark.skipif(_gguf_missing() is not None, reason=str(_gguf_missing()))
 
 
 @needs_gguf_exporter
@@ -370,17 +379,8 @@ def test_default_model_gguf_builds_pass_parity(default_model, tmp_path):
         assert o.status == "built", o.message
         assert o.passed, o.parity
         m, problems = verify_build(Path(o.path))
-        assert problems == [] and m.parity["tokens_identical"] and m.calibration is not None
-
-
-@needs_gguf_exporter
-@pytest.mark.gguf
-@pytest.mark.slow
-def test_gguf_drift_order_on_the_tiny_model(tiny_llama, tmp_path):
-    outcomes = quantize(tiny_llama, QuantizeOptions(out=tmp_path, formats=("gguf:f16,q8_0,q4_k_m",),
-                                                    allow_drift=True, imatrix=False))
-    kl = {o.quantization: o.parity["mean_kl"] for o in outcomes}
-    assert kl["f16"] < kl["q8_0"] < kl["q4_k_m"]
+        assert problems == [] and m.parity["tokens_identical"] and m.parity["chat_prompt_identical"]
+        assert m.calibration is not None and len(m.calibration["languages"]) >= 8
 
 
 def test_parity_error_is_raised_and_recorded():
