@@ -383,3 +383,75 @@ def test_broken_files_give_one_line_model_errors(smollm2_gguf, tmp_path):
         LlamaCppBackend(two).load()
     with pytest.raises(ModelError, match="no such GGUF"):
         LlamaCppBackend(tmp_path / "missing.gguf").load()
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tiny_model, cache_dir) -> tuple[Path, Path]:
+    """A tiny random Gemma 3 (5 sliding-window layers of 16 tokens, then a global one: llama.cpp's
+    Gemma 3 layer pattern) as an HF folder and its f16 GGUF made by the GGUF exporter."""
+    import torch
+    import transformers
+
+    from globmed_edge.atomic import atomic_dir
+    from globmed_edge.errors import DependencyError
+    from globmed_edge.quantize.base import ExportRequest
+    from globmed_edge.quantize.gguf import GGUFExporter
+
+    try:
+        GGUFExporter().check_available()
+    except DependencyError as exc:
+        pytest.skip(str(exc))
+    hf, gguf_dir = cache_dir / "tiny-gemma3-swa16", cache_dir / "gguf" / "tiny-gemma3-swa16-f16"
+    if not (hf / "config.json").is_file():
+        tok = transformers.AutoTokenizer.from_pretrained(tiny_model)
+        config = transformers.Gemma3TextConfig(
+            vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=6,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64,
+            sliding_window=16, layer_types=["sliding_attention"] * 5 + ["full_attention"],
+            max_position_embeddings=512, initializer_range=0.05, tie_word_embeddings=True,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(3)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.config.architectures = [type(model).__name__]
+        with atomic_dir(hf) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+    if not (gguf_dir / "model.gguf").is_file():
+        with atomic_dir(gguf_dir) as tmp:
+            GGUFExporter().export(ExportRequest(hf, tmp, "f16"))
+    return hf, gguf_dir / "model.gguf"
+
+
+@pytest.mark.slow
+def test_sliding_window_model_reuses_any_prefix(tiny_gemma3):
+    """Past the 16-token window, llama.cpp agrees with transformers, and rolling the cache back
+    to an earlier prefix (an edited or regenerated turn) gives exactly a fresh evaluation."""
+    from globmed_edge.backends.llamacpp_backend import LlamaCppBackend
+
+    hf, gguf_file = tiny_gemma3
+    be, fresh = LlamaCppBackend(gguf_file, threads=1), LlamaCppBackend(gguf_file, threads=1)
+    ref = open_backend(hf, threads=1)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        for b in (be, fresh, ref):
+            b.load()
+        assert be.metadata["gemma3.attention.sliding_window"] == "16"
+        # Long enough that a sliding-window cache without swa_full has dropped the first ~70
+        # positions (measured: llama_memory_seq_pos_min 73 after 841 tokens), which the rollback
+        # to position 30 needs.
+        text = "The patient has had a fever and a dry cough for three days. " * 60
+        ids = ref.tokenize(text, add_special=True)
+        assert len(ids) > 800 and be.tokenize(text, add_special=True) == ids
+        assert np.abs(be.logprobs(ids) - ref.logprobs(ids)).max() < 2e-2
+        edited = ids[:30] + be.tokenize(" Since yesterday she also vomits.")
+        before = be.evaluated_tokens
+        got = be._advance(edited, len(edited) - 1)[-1]  # the cache holds all of `ids`
+        assert be.evaluated_tokens - before == len(edited) - 30
+        want = fresh._advance(edited, len(edited) - 1)[-1]
+        assert np.abs(got - want).max() < 1e-5
+    finally:
+        for b in (be, fresh, ref):
+            b.close()
+        torch.set_num_threads(threads)

@@ -272,7 +272,10 @@ class LlamaCppBackend:
             differ = np.flatnonzero(llm.input_ids[:keep] != arr[:keep])
             if differ.size:
                 keep = int(differ[0])
-            if not llm._ctx.kv_cache_seq_rm(-1, keep, -1):  # e.g. a recurrent model: start over
+            # Start over where the cache cannot roll back: a recurrent model (seq_rm refuses), or
+            # a sliding-window cache that dropped early positions (not with swa_full, kept as a guard).
+            pruned = keep < llm.n_tokens and llama_cpp.llama_memory_seq_pos_min(llm._ctx.memory, 0) > 0
+            if pruned or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
                 llm._ctx.kv_cache_clear()
                 keep = 0
             llm.n_tokens = keep
