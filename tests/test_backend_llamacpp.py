@@ -306,6 +306,9 @@ def test_memory_logging_and_close(smollm2_gguf, capfd, caplog):
     assert mem.device == "cpu" and mem.peak_rss_bytes >= mem.rss_bytes > 50_000_000
     with pytest.raises(BackendError, match="exceed the context length 256"):
         be.logprobs([1] * 300)
+    with pytest.raises(BackendError, match=r"the prompt \(\d+ tokens\) fills the context length 256"):
+        next(be.stream(GenerationRequest.from_text("fever " * 300)))
+    assert list(be.stream(GenerationRequest.from_text("fever", max_new_tokens=0))) == []
     long = be.tokenize("The patient has had a fever and a dry cough for three days. " * 12)
     assert 128 < len(long) < 256
     lp = be.logprobs(long)  # several decode calls of at most OUTPUT_ROWS logit rows

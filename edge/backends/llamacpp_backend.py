@@ -322,9 +322,10 @@ class LlamaCppBackend:
 
         self._require_loaded()
         ids = self.tokenize(self.render_chat(request.messages), add_special=False)
+        if len(ids) >= self.n_ctx:
+            raise BackendError(f"the prompt ({len(ids)} tokens) fills the context length {self.n_ctx} "
+                               "(n_ctx option)")
         budget = min(request.max_new_tokens, self.n_ctx - len(ids))
-        if budget <= 0:
-            raise BackendError(f"the prompt ({len(ids)} tokens) fills the context length {self.n_ctx}")
         rng = np.random.default_rng(request.seed)
         decoder = IncrementalDecoder(self.detokenize)
         seq, emitted = list(ids), ""
