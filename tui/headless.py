@@ -7,6 +7,7 @@ reminder and the speed line go to stderr. No history is written.
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import TextIO
 
@@ -27,19 +28,42 @@ def run_prompt(build: Path, prompt: str, *, lang: str = "en", max_new_tokens: in
     if reminder:
         err.write(f"⚠ {reminder}\n")
     backend = load_backend(build, backend_factory)
-    try:
-        session = ChatSession(backend, lang=lang, build=build_label(build),
-                              max_new_tokens=max_new_tokens, temperature=temperature)
-        session.add_question(prompt)
+    session = ChatSession(backend, lang=lang, build=build_label(build),
+                          max_new_tokens=max_new_tokens, temperature=temperature)
+    session.add_question(prompt)
+    result: list[StreamStats] = []
+    failure: list[BaseException] = []
+    cancel = threading.Event()
+
+    def generate() -> None:
         stats = StreamStats(0.0)
-        for delta, current in session.stream_answer():
-            stats = current
-            out.write(delta)
-            out.flush()
-        out.write("\n")
-        out.flush()
+        try:
+            for delta, current in session.stream_answer(cancel):
+                stats = current
+                out.write(delta)
+                out.flush()
+        except BaseException as exc:
+            failure.append(exc)
+        result.append(stats)
+
+    # Generate in a worker thread, as the app does, so both modes run the backend alike (on the
+    # loaded development machine torch decoded slower from the main thread; see
+    # bench/perf/tui_overhead.py, which prints both). Ctrl+C cancels cleanly between tokens.
+    worker = threading.Thread(target=generate, name="globmed-generate", daemon=True)
+    try:
+        worker.start()
+        worker.join()
+    except KeyboardInterrupt:
+        cancel.set()
+        worker.join()
+        raise
     finally:
         backend.close()
+    if failure:
+        raise failure[0]
+    out.write("\n")
+    out.flush()
+    stats = result[0]
     tps, ttft = stats.tokens_per_second, stats.ttft
     err.write(tr("stats", tps="–" if tps is None else f"{tps:.1f}",
                  ttft="–" if ttft is None else f"{ttft:.2f}") + "\n")
