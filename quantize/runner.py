@@ -279,6 +279,13 @@ def _one(run: _Run, target: Target, name: str) -> Outcome:
     except GlobmedError as exc:
         run.warn(f"error: {name}: {exc}")
         return Outcome(name, target.format, target.quantization, "failed", message=str(exc))
+    except Exception as exc:  # an exporter or runtime bug: fail this build, keep building the others
+        if os.environ.get("GLOBMED_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        msg = f"unexpected {type(exc).__name__}: {first} (set GLOBMED_DEBUG=1 for the traceback)"
+        run.warn(f"error: {name}: {msg}")
+        return Outcome(name, target.format, target.quantization, "failed", message=msg)
     return Outcome(name, target.format, target.quantization, "built", str(final), manifest.size_bytes,
                    manifest.bits_per_weight, manifest.parity, (manifest.parity or {}).get("passed"),
                    manifest.allow_drift, message, manifest.wall_seconds)
@@ -415,7 +422,6 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
 
     assert target.spec is not None
     exporter = exporter_class(target.format)()
-    reference = run.reference()  # the source side, once per run (not part of this build's time)
     t0 = time.perf_counter()
     steps: dict[str, float] = {}
     bar = tqdm(total=4, desc=name, unit="step", disable=not run.opts.progress)
@@ -430,6 +436,10 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
                 options=run.export_options(target), progress=lambda s: bar.set_postfix_str(s[:70])))
             steps["export"] = round(time.perf_counter() - t0, 2)
             bar.update()
+            t_ref = time.perf_counter()
+            bar.set_postfix_str("parity: source model")
+            reference = run.reference()  # once per run; not counted in this build's time
+            t_ref = time.perf_counter() - t_ref
             t1 = time.perf_counter()
             bar.set_postfix_str("parity")
             parity = check_parity(tmp, target.format, reference, target.spec.thresholds,
@@ -460,7 +470,7 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
                 calibration=_calibration_record(cal, target, result.extra),
                 tools={"globmed-edge": __version__, **result.tools, **_parity_tools(target.format)},
                 parity=parity.to_dict(), allow_drift=run.opts.allow_drift,
-                wall_seconds=round(time.perf_counter() - t0, 2),
+                wall_seconds=round(time.perf_counter() - t0 - t_ref, 2),
                 peak_rss_bytes=max(self_rss, child_rss),
                 extra={"exporter": result.extra, "seconds": steps,
                        "parity_reference_seconds": reference.seconds,

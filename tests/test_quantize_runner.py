@@ -297,14 +297,14 @@ def test_drift_beyond_thresholds_fails_unless_allowed(fp32_run, tiny_model, tmp_
 
 
 @pytest.mark.onnx
-@pytest.mark.parametrize("error", [KeyboardInterrupt, ModelError])
+@pytest.mark.parametrize("error", [KeyboardInterrupt, ModelError, RuntimeError])
 def test_interrupted_export_leaves_nothing(tiny_model, tmp_path, monkeypatch, error):
     from globmed_edge.quantize import onnx
 
     def half_export(self, request):
         (request.out_dir / "model.onnx").write_bytes(b"half a model")
         (request.out_dir / "manifest.json").write_text("{}")  # even a stray manifest must not count
-        raise error("interrupted mid-export") if error is ModelError else error()
+        raise error() if error is KeyboardInterrupt else error("interrupted mid-export")
 
     monkeypatch.setattr(onnx.ONNXExporter, "export", half_export)
     out = tmp_path / "out"
@@ -315,6 +315,7 @@ def test_interrupted_export_leaves_nothing(tiny_model, tmp_path, monkeypatch, er
     else:
         (o,) = quantize(tiny_model, opts, warn=lambda _m: None)
         assert o.status == "failed" and "interrupted mid-export" in o.message
+        assert ("unexpected RuntimeError" in o.message) == (error is RuntimeError)
     assert _leftovers(out) == [] and find_builds([out]) == []
 
 
