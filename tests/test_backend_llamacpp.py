@@ -250,6 +250,20 @@ def test_second_chat_turn_evaluates_only_the_new_tokens(be):
     stream.close()
 
 
+def test_reset_cache_makes_the_next_call_prefill_everything(be):
+    req = GenerationRequest.from_text("What is malaria?", system=SYSTEM, max_new_tokens=2)
+    list(be.stream(req))
+    before = be.evaluated_tokens
+    list(be.stream(req))
+    reused = be.evaluated_tokens - before
+    be.reset_cache()
+    assert be.llm.n_tokens == 0
+    before = be.evaluated_tokens
+    events = list(be.stream(req))
+    n_prompt = events[0].prompt_tokens
+    assert reused < 4 and be.evaluated_tokens - before == n_prompt + len(events) - 1
+
+
 def test_stop_strings(be):
     req = GenerationRequest.from_text("List three symptoms of flu.", system=SYSTEM, max_new_tokens=20)
     full = _text(be.stream(req))

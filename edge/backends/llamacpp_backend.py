@@ -207,6 +207,14 @@ class LlamaCppBackend:
             self._finalizer()  # runs llm.close() once
             self._finalizer = None
 
+    def reset_cache(self) -> None:
+        """Forget the KV cache, so the next call evaluates its whole prompt (benchmarks of TTFT
+        use this; a chat keeps the cache to reuse the conversation's prefix)."""
+        llm = self._require_loaded()
+        with self._lock:
+            llm._ctx.kv_cache_clear()
+            llm.n_tokens = 0
+
     def _require_loaded(self) -> Any:
         if self.llm is None:
             raise BackendError("backend used before load()")
