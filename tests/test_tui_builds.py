@@ -41,6 +41,16 @@ def test_discover_builds_with_speed_and_problems(tmp_path):
     assert fits_in_memory(g, free=2 * RUNTIME_OVERHEAD) and not fits_in_memory(g, free=10)
 
 
+def test_languages_of_an_embedded_source_model(tmp_path):
+    d = tmp_path / "b" / "smol-q8"
+    d.mkdir(parents=True)
+    (d / "m.gguf").write_bytes(b"x")
+    write_manifest(d, Manifest(name="smol-q8", format="gguf", quantization="q8_0", bits_per_weight=8.5,
+                               files=hash_build_files(d), source={"id": "smollm2-135m-instruct"}))
+    (c,) = discover_builds([tmp_path / "b"], [], include_embedded=False)
+    assert c.languages == "English"
+
+
 def test_memory_helpers():
     assert free_memory() > 0
     assert human_bytes(512) == "512 B" and human_bytes(3 * 2**30) == "3.0 GB"

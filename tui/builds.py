@@ -101,7 +101,8 @@ def discover_builds(roots: list[Path] | None = None, results: list[Path] | None 
         except ModelError as exc:
             found.append(BuildChoice(path.name, path, "?", "?", 0, "?", 0, problem=str(exc)))
             continue
-        langs = manifest.source.get("languages") or manifest.extra.get("languages") or "?"
+        langs = (manifest.source.get("languages") or manifest.extra.get("languages")
+                 or _model_languages(str(manifest.source.get("id", ""))) or "?")
         if isinstance(langs, list):
             langs = ", ".join(str(x) for x in langs)
         found.append(BuildChoice(
@@ -112,6 +113,14 @@ def discover_builds(roots: list[Path] | None = None, results: list[Path] | None 
     if include_embedded:
         found += _embedded(speeds)
     return found
+
+
+def _model_languages(model_id: str) -> str | None:
+    """Languages of an embedded source model (builds made from it record its name as `id`)."""
+    from globmed_edge.models import MODELS
+
+    spec = MODELS.get(model_id)
+    return spec.languages if spec else None
 
 
 def _embedded(speeds: dict[str, float]) -> list[BuildChoice]:

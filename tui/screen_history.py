@@ -140,4 +140,5 @@ class HistoryScreen(Screen[int | None]):
             return
         paths = [export_conversation(app.store, conv, fmt, app.export_dir) for fmt in FORMATS]
         app.last_exports = paths
-        self.notify(app.tr("exported", path=", ".join(str(p) for p in paths)), timeout=15, markup=False)
+        self.notify(app.tr("exported", path=f"{paths[0].with_suffix('')}.{{md,json,html}}"),
+                    timeout=15, markup=False)
