@@ -54,3 +54,14 @@ def test_languages_of_an_embedded_source_model(tmp_path):
 def test_memory_helpers():
     assert free_memory() > 0
     assert human_bytes(512) == "512 B" and human_bytes(3 * 2**30) == "3.0 GB"
+
+
+def test_cli_reports_a_missing_build_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from globmed_edge.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["chat", str(tmp_path / "nope"), "--prompt", "hi"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "no such model folder" in result.stderr
+    assert result.stderr.count("\n") == 1
