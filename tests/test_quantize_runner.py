@@ -375,13 +375,16 @@ needs_gguf_exporter = pytest.mark.skipif(_gguf_missing() is not None, reason=str
 @pytest.mark.gguf
 @pytest.mark.slow
 def test_default_model_gguf_builds_pass_parity(default_model, tmp_path):
-    outcomes = quantize(default_model, QuantizeOptions(out=tmp_path, formats=("gguf:q8_0,q4_k_m",)))
+    # imatrix off to stay in the test budget (computing it takes minutes on 2 cores; the GGUF
+    # exporter's own tests cover it): the plainer q4_k_m must pass its thresholds all the same.
+    outcomes = quantize(default_model, QuantizeOptions(out=tmp_path, formats=("gguf:q8_0,q4_k_m",),
+                                                       imatrix=False))
     for o in outcomes:
         assert o.status == "built", o.message
         assert o.passed, o.parity
         m, problems = verify_build(Path(o.path))
         assert problems == [] and m.parity["tokens_identical"] and m.parity["chat_prompt_identical"]
-        assert m.calibration is not None and len(m.calibration["languages"]) >= 8
+        assert m.calibration is None and m.stop_tokens
 
 
 def test_parity_error_is_raised_and_recorded():
@@ -395,3 +398,18 @@ def test_parity_error_is_raised_and_recorded():
     with pytest.raises(ParityError, match="parity check failed"):
         parity.enforce(result, allow_drift=False, label="x")
     parity.enforce(result, allow_drift=True, label="x")
+
+
+def test_calibration_record_says_whether_it_was_applied(mixed_data):
+    from globmed_edge.quantize import gptq
+    from globmed_edge.quantize.runner import Target, _calibration_record
+
+    cal = build_calibration(mixed_data)
+    k_quant = Target("gguf", "q4_k_m", dataclasses.replace(gptq.QUANTIZATIONS["4bit"], needs_calibration=False))
+    assert _calibration_record(None, k_quant, {}) is None
+    plain = _calibration_record(cal, k_quant, {})
+    assert plain["sha256"] == cal.sha256 and plain["applied"] is False and plain["used_for"] == "imatrix"
+    assert plain["languages"] == ["am", "ar", "en", "sw"] and plain["texts"] == len(cal.texts)
+    assert _calibration_record(cal, k_quant, {"imatrix": {"sha256": "x"}})["applied"] is True
+    rec = _calibration_record(cal, Target("gptq", "4bit", gptq.QUANTIZATIONS["4bit"]), {})
+    assert rec["used_for"] == "gptq" and rec["applied"] is True
