@@ -96,7 +96,8 @@ def exit_code(outcomes: list[Any]) -> int:
 @click.option("--calibration", multiple=True, type=click.Path(exists=True, path_type=Path), metavar="DATA",
               help="Calibration data (files or folders in the project schema; train/dev items only). "
                    "Default: the packaged samples.")
-@click.option("--calibration-size", default=256, show_default=True, help="Calibration texts at most.")
+@click.option("--calibration-size", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Calibration texts at most.")
 @click.option("--no-imatrix", is_flag=True, help="GGUF: no importance matrix for the k-quants.")
 @click.option("--allow-drift", is_flag=True,
               help="Keep builds that fail their parity check (recorded in the manifest).")
