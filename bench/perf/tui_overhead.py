@@ -127,9 +127,15 @@ def main() -> None:
         asyncio.run(tui_run(build, 4, Path(tmp) / "warm.sqlite3", keys=False))  # warm-up
         direct_in_thread(backend, 4)
         for i in range(args.runs):
-            direct.append(direct_in_thread(backend, args.tokens))
+            # A freshly loaded backend per run, as each TUI run loads its own: llama.cpp keeps its
+            # KV cache between calls, so a reused backend would skip the prefill of the same prompt.
+            fresh = load_backend(build)
+            direct.append(direct_in_thread(fresh, args.tokens))
+            fresh.close()
             tui.append(asyncio.run(tui_run(build, args.tokens, Path(tmp) / f"{i}.sqlite3", keys=False)))
-            main_thread.append(direct_run(backend, args.tokens))
+            fresh = load_backend(build)
+            main_thread.append(direct_run(fresh, args.tokens))
+            fresh.close()
         keyrun = asyncio.run(tui_run(build, args.tokens, Path(tmp) / "keys.sqlite3", keys=True))
     backend.close()
 
