@@ -194,7 +194,7 @@ def qwen3_builds(tiny_model, tmp_path_factory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("gguf-qwen3")
     f16, r16 = _export(tiny_model, base / "f16", "f16")
     q4, r4 = _export(tiny_model, base / "q4_k_m", "q4_k_m")
-    q8 = base / "q8_0.gguf"  # same quantize step the exporter runs, from the f16 build
+    q8 = base / "q8_0.gguf"  # the exporter's own quantize step, from the f16 build (saves a conversion)
     gg.quantize(f16, q8, "q8_0", imatrix_npz=None, threads=0, say=lambda _s: None, timeout=600)
     return {"f16": f16, "q8_0": q8, "q4_k_m": q4, "results": {"f16": r16, "q4_k_m": r4}}
 
@@ -257,9 +257,21 @@ def test_imatrix_changes_the_build_and_lowers_drift(tiny_model, qwen3_builds, tm
     ref = _hf_logprobs(tiny_model)
     with_im, without = _drift(path, ref)[0], _drift(plain, ref)[0]
     assert with_im < without, (with_im, without)
-    # imatrix off by option: no matrix computed, same bytes as the plain quantization
-    path2, res2 = _export(tiny_model, tmp_path / "q4_0-off", "q4_0", _calibration(), imatrix=False)
-    assert "imatrix" not in res2.extra and sha256_file(path2) == sha256_file(plain)
+
+
+@pytest.mark.gguf
+@pytest.mark.slow
+def test_imatrix_option_off_and_not_for_q8_0(tiny_model, qwen3_builds, tmp_path, monkeypatch):
+    from globmed_edge.atomic import sha256_file
+    from globmed_edge.quantize import imatrix as im
+
+    def boom(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("the importance matrix must not be computed")
+
+    monkeypatch.setattr(im, "compute", boom)
+    path, res = _export(tiny_model, tmp_path / "q4_k_m-off", "q4_k_m", _calibration(), imatrix=False)
+    assert "imatrix" not in res.extra
+    assert sha256_file(path) == sha256_file(qwen3_builds["q4_k_m"])  # deterministic, same bytes
 
 
 def test_imatrix_c_array(tmp_path):
@@ -311,9 +323,10 @@ def _tiny_arch(kind: str, tok_src: Path, out: Path) -> Path:
     if kind == "qwen2":
         config = transformers.Qwen2Config(**common)
     else:
-        config = transformers.Gemma3TextConfig(head_dim=64, sliding_window=64,
-                                               layer_types=["sliding_attention", "full_attention"],
-                                               **common)
+        # query_pre_attn_scalar = head_dim, as in the real Gemma 3 models llama.cpp assumes; both
+        # layers sliding because llama.cpp fixes Gemma 3's pattern (5 sliding, then 1 global)
+        config = transformers.Gemma3TextConfig(head_dim=64, query_pre_attn_scalar=64, sliding_window=32,
+                                               layer_types=["sliding_attention"] * 2, **common)
     torch.manual_seed(3)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.config.architectures = [type(model).__name__]
@@ -324,17 +337,63 @@ def _tiny_arch(kind: str, tok_src: Path, out: Path) -> Path:
                     proj.bias.normal_(0, 0.05)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    if (tok_src / "tokenizer.model").is_file():  # transformers 5 does not write it back
+        shutil.copy(tok_src / "tokenizer.model", out / "tokenizer.model")
+    return out
+
+
+def _gemma_style_spm(out: Path) -> Path:
+    """A small SentencePiece BPE tokenizer trained here with Gemma's settings (byte fallback,
+    no dummy prefix, identity normalisation, split digits, <bos>/<eos>/<pad>/<unk> pieces and
+    turn markers), in a folder the transformers Gemma tokenizer loads: the real Gemma 3
+    tokenizer (262k pieces) is only available offline inside the optional Gemma package."""
+    import io
+
+    import sentencepiece as spm
+    import transformers
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(CALIBRATION_TEXTS[:8]) * 20), model_writer=buf, model_type="bpe",
+        vocab_size=512, byte_fallback=True, add_dummy_prefix=False, normalization_rule_name="identity",
+        split_digits=True, character_coverage=1.0, remove_extra_whitespaces=False,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+        bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
+        minloglevel=2)
+    tmp = out.with_name(out.name + "-spm")
+    tmp.mkdir(parents=True)
+    (tmp / "tokenizer.model").write_bytes(buf.getvalue())
+    (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer"}))
+    tok = transformers.AutoTokenizer.from_pretrained(tmp)
+    tok.chat_template = "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    tok.save_pretrained(out)
+    shutil.copy(tmp / "tokenizer.model", out / "tokenizer.model")
     return out
 
 
 @pytest.mark.gguf
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,arch", [("qwen2", "qwen2"), ("gemma3", "gemma3")])
+@pytest.mark.parametrize("kind,arch", [("qwen2", "qwen2"), ("gemma3", "gemma3"),
+                                       ("gemma3-spm", "gemma3")])
 def test_qwen2_and_gemma3_convert(kind, arch, tiny_model, tmp_path):
-    """Architecture coverage with the SmolLM2 BPE tokenizer; a real Gemma 3 SentencePiece
-    tokenizer is not available offline here (only inside the optional Gemma package)."""
-    src = _tiny_arch(kind, tiny_model, tmp_path / kind)
-    path, res = _export(src, tmp_path / "f16", "f16")
+    """Architecture coverage: Qwen2 and Gemma 3 with the SmolLM2 BPE tokenizer, and Gemma 3 with
+    a SentencePiece tokenizer (the converter's tokenizer.model path), tokens and logits checked."""
+    import transformers
+
+    tok_src = tiny_model
+    if kind == "gemma3-spm":
+        tok_src = _gemma_style_spm(tmp_path / "tok")
+    src = _tiny_arch(kind.removesuffix("-spm"), tok_src, tmp_path / kind)
+    # transformers 5 loads a qwen2 folder's BPE tokenizer as Qwen2Tokenizer, which applies Qwen2's
+    # pre-tokenizer regex over the SmolLM2 vocabulary: a combination the converter cannot name,
+    # so the `pre_tokenizer` option tells llama.cpp to do the same (checked token by token below).
+    options = {"pre_tokenizer": "qwen2"} if kind == "qwen2" else {}
+    path, res = _export(src, tmp_path / "f16", "f16", **options)
     assert res.extra["architecture"] == arch
+    assert _meta(path, "tokenizer.ggml.model") == ("llama" if kind == "gemma3-spm" else "gpt2")
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    for text in PROBES:
+        assert _llama_tokens(path, text) == tok(text, add_special_tokens=False)["input_ids"], text
+    assert _meta(path, "tokenizer.chat_template") == tok.chat_template
     kl, top1 = _drift(path, _hf_logprobs(src))
     assert kl < 1e-3 and top1 > 0.95, (kl, top1)

@@ -2,7 +2,8 @@
 
 Each export runs in a fresh child process (`--one`), which reports its own peak RSS and the peak
 RSS of the processes it waited for (the converter and the llama.cpp quantizer), read with
-resource.getrusage; the larger is the export's peak. The issue's target: peak RSS below 2x the
+resource.getrusage; the larger is the export's peak. The random model is built in a child too:
+on Linux a child's ru_maxrss starts from its parent's size at fork, so the parent stays small. The issue's target: peak RSS below 2x the
 fp16 size of the model. Models: the embedded default (SmolLM2-135M, Llama architecture) and a
 randomly initialised Qwen3-architecture model at Qwen3-1.7B's shape (hidden 2048, 28 layers,
 intermediate 6144, 16/8 heads, head_dim 128, tied embedding) with the SmolLM2 tokenizer, so its
@@ -86,6 +87,7 @@ def fp16_mb(src: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--one", nargs=3, metavar=("SRC", "QUANT", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--build", nargs=2, metavar=("OUT", "LAYERS"), help=argparse.SUPPRESS)
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--skip-big", action="store_true")
@@ -93,13 +95,19 @@ def main() -> None:
     if args.one:
         one(*args.one)
         return
-    from globmed_edge.models import DEFAULT_MODEL, prepare
+    if args.build:
+        build_random_qwen3(Path(args.build[0]), int(args.build[1]))
+        return
+    from globmed_edge.models import DEFAULT_MODEL, prepared_path
 
     work = args.work or Path(tempfile.mkdtemp(prefix="gguf-bench-"))
-    models = [("smollm2-135m (default)", prepare(DEFAULT_MODEL, progress=False))]
+    # `models prepare` first (in a child, like everything that loads weights)
+    subprocess.run([sys.executable, "-c", "from globmed_edge.models import prepare; prepare()"], check=True)
+    models = [("smollm2-135m (default)", prepared_path(DEFAULT_MODEL))]
     if not args.skip_big:
         t = time.perf_counter()
-        big = build_random_qwen3(work / f"random-qwen3-{args.layers}l", args.layers)
+        big = work / f"random-qwen3-{args.layers}l"
+        subprocess.run([sys.executable, __file__, "--build", str(big), str(args.layers)], check=True)
         print(f"built/found random Qwen3 ({args.layers} layers) in {time.perf_counter() - t:.0f} s",
               flush=True)
         models.append((f"random qwen3 {args.layers}L", big))
