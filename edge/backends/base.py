@@ -142,6 +142,45 @@ def split_pair(
     return whole[: len(ctx)], whole[len(ctx):]
 
 
+@dataclass(frozen=True)
+class ScoreGroup:
+    """Requests that share one context: their indices, the token prefix all their context
+    encodings share (what a backend evaluates and caches once), and each request's tokens after
+    that prefix (the rest of its context encoding + its continuation)."""
+
+    indices: list[int]
+    prefix: list[int]
+    continuations: list[list[int]]
+
+
+def score_groups(requests: Sequence[ScoreRequest], tokenize: Callable[[str], list[int]]) -> list[ScoreGroup]:
+    """Group score requests by context for shared-prefix reuse (every backend scores this way).
+
+    Contexts that end in whitespace may encode differently per option (see `split_pair`), so the
+    cached prefix is the common prefix of all of a group's context encodings.
+    """
+    from globmed_edge.errors import BackendError
+
+    by_context: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+        if not r.context:
+            raise BackendError("score() needs a non-empty context")
+        by_context.setdefault(r.context, []).append(i)
+    groups = []
+    for context, idxs in by_context.items():
+        pairs = [split_pair(tokenize, context, requests[i].continuation) for i in idxs]
+        prefix = pairs[0][0]
+        for c, _ in pairs[1:]:
+            n = 0
+            while n < min(len(prefix), len(c)) and prefix[n] == c[n]:
+                n += 1
+            prefix = prefix[:n]
+        if not prefix:
+            raise BackendError("score(): context encodes to no tokens")
+        groups.append(ScoreGroup(idxs, prefix, [c[len(prefix):] + k for c, k in pairs]))
+    return groups
+
+
 def process_memory() -> tuple[int, int]:
     """(current RSS, peak RSS) in bytes for this process; RSS includes mapped weight pages."""
     import resource

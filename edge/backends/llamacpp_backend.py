@@ -39,7 +39,7 @@ from globmed_edge.backends.base import (
     ScoreResult,
     TokenEvent,
     process_memory,
-    split_pair,
+    score_groups,
 )
 from globmed_edge.backends.onnx_backend import SPECIAL_KEYS, _compile_template
 from globmed_edge.backends.transformers_backend import IncrementalDecoder
@@ -366,25 +366,10 @@ class LlamaCppBackend:
 
         self._require_loaded()
         results: list[ScoreResult | None] = [None] * len(requests)
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(requests):
-            if not r.context:
-                raise BackendError("score() needs a non-empty context")
-            groups.setdefault(r.context, []).append(i)
-        tok = lambda s: self.tokenize(s, add_special=True)  # noqa: E731
-        for context, idxs in groups.items():
-            pairs = [split_pair(tok, context, requests[i].continuation) for i in idxs]
-            ctx = pairs[0][0]
-            for c, _ in pairs[1:]:  # cache only the prefix every option's context shares
-                n = 0
-                while n < min(len(ctx), len(c)) and ctx[n] == c[n]:
-                    n += 1
-                ctx = ctx[:n]
-            if not ctx:
-                raise BackendError("score(): context encodes to no tokens")
+        for group in score_groups(requests, lambda s: self.tokenize(s, add_special=True)):
+            ctx = group.prefix
             last = self._log_softmax(self._advance(ctx, len(ctx) - 1))
-            for i, (c, k) in zip(idxs, pairs, strict=True):
-                cont = c[len(ctx):] + k
+            for i, cont in zip(group.indices, group.continuations, strict=True):
                 if not cont:
                     results[i] = ScoreResult(0.0, 0, True)
                     continue

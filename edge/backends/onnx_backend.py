@@ -27,7 +27,7 @@ from globmed_edge.backends.base import (
     ScoreResult,
     TokenEvent,
     process_memory,
-    split_pair,
+    score_groups,
 )
 from globmed_edge.backends.transformers_backend import IncrementalDecoder
 from globmed_edge.deps import require
@@ -299,24 +299,8 @@ class OnnxBackend:
         """Log-likelihoods; each distinct context runs once, its options as batches over its cache."""
         self._require_loaded()
         results: list[ScoreResult | None] = [None] * len(requests)
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(requests):
-            if not r.context:
-                raise BackendError("score() needs a non-empty context")
-            groups.setdefault(r.context, []).append(i)
-        tok = lambda s: self.tokenize(s, add_special=True)  # noqa: E731
-        for context, idxs in groups.items():
-            pairs = [split_pair(tok, context, requests[i].continuation) for i in idxs]
-            ctx = pairs[0][0]
-            for c, _ in pairs[1:]:  # cache only the prefix every option's context shares
-                n = 0
-                while n < min(len(ctx), len(c)) and ctx[n] == c[n]:
-                    n += 1
-                ctx = ctx[:n]
-            if not ctx:
-                raise BackendError("score(): context encodes to no tokens")
-            conts = [c[len(ctx):] + k for c, k in pairs]
-            for i, r in zip(idxs, self._score_group(ctx, conts), strict=True):
+        for group in score_groups(requests, lambda s: self.tokenize(s, add_special=True)):
+            for i, r in zip(group.indices, self._score_group(group.prefix, group.continuations), strict=True):
                 results[i] = r
         return [r for r in results if r is not None]
 

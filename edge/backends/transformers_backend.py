@@ -17,7 +17,7 @@ from globmed_edge.backends.base import (
     ScoreResult,
     TokenEvent,
     process_memory,
-    split_pair,
+    score_groups,
 )
 from globmed_edge.deps import require
 from globmed_edge.errors import BackendError, ModelError
@@ -193,27 +193,10 @@ class TransformersBackend:
         self._require_loaded()
         torch = require("torch", "torch")
         results: list[ScoreResult | None] = [None] * len(requests)
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(requests):
-            if not r.context:
-                raise BackendError("score() needs a non-empty context")
-            groups.setdefault(r.context, []).append(i)
-        tok = lambda s: self.tokenize(s, add_special=True)  # noqa: E731
         with torch.inference_mode():
-            for context, idxs in groups.items():
-                pairs = [split_pair(tok, context, requests[i].continuation) for i in idxs]
-                # Contexts that end in whitespace may split differently per option; the common
-                # prefix of all context encodings is what is cached.
-                ctx = pairs[0][0]
-                for c, _ in pairs[1:]:
-                    n = 0
-                    while n < min(len(ctx), len(c)) and ctx[n] == c[n]:
-                        n += 1
-                    ctx = ctx[:n]
-                conts = [c[len(ctx):] + k for c, k in pairs]
-                if not ctx:
-                    raise BackendError("score(): context encodes to no tokens")
-                for i, r in zip(idxs, self._score_group(torch, ctx, conts), strict=True):
+            for group in score_groups(requests, lambda s: self.tokenize(s, add_special=True)):
+                scored = self._score_group(torch, group.prefix, group.continuations)
+                for i, r in zip(group.indices, scored, strict=True):
                     results[i] = r
         return [r for r in results if r is not None]
 
