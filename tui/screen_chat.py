@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from globmed_edge.tui.app import ChatApp
 
 #: The screen repaints the streaming answer at most this often (the UI must not slow decoding).
-UPDATE_SECONDS = 0.1
+UPDATE_SECONDS = 0.25
 
 
 class ChatScreen(Screen[None]):
