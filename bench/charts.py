@@ -49,6 +49,25 @@ def _chance(ax: Any, records: Sequence[Any]) -> None:
         ax.axhline(100 * sum(1 / k for k in ks) / len(ks), ls="--", lw=1, color="grey", label="chance")
 
 
+def short_names(names: Sequence[str]) -> dict[str, str]:
+    """Build names without the prefix they all share ("smollm2-135m-instruct-gguf-q8_0" ->
+    "gguf-q8_0"); a name that is only the prefix (the source model) keeps its full name."""
+    parts = [n.split("-") for n in names]
+    common = 0
+    if len(parts) > 1:
+        while all(len(p) > common for p in parts) and len({p[common] for p in parts}) == 1:
+            common += 1
+    return {n: "-".join(p[common:]) or n for n, p in zip(names, parts, strict=True)}
+
+
+def _styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """A colour and marker per build, stable across all charts of one report."""
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    return {n: (colours[i % len(colours)], markers[(i // len(colours)) % len(markers)])
+            for i, n in enumerate(sorted(names))}
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
@@ -72,6 +91,7 @@ def accuracy_vs_size(records: Sequence[Record]) -> bytes | None:
     plt = _plt()
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False, sharex=True)
     sums = {s.build.name: s for s in summarise(records, task, device)}
+    short, style = short_names(list(sums)), _styles(list(sums))
     for ax, panel in zip(axes.flat, panels, strict=False):
         if panel == "macro":
             pts = sorted((s.build.size_bytes / MB, s.macro_accuracy, 0.0, 0.0, s.build.name) for s in sums.values())
@@ -82,15 +102,18 @@ def accuracy_vs_size(records: Sequence[Record]) -> bytes | None:
             tag = " (low-resource)" if lookup(panel).is_low_resource else ""
             ax.set_title(f"{panel} - {lookup(panel).name}{tag} (n={next(r.n for r in acc if r.lang == panel)})")
         xs, ys = [p[0] for p in pts], [100 * p[1] for p in pts]
-        ax.errorbar(xs, ys, yerr=[[100 * p[2] for p in pts], [100 * p[3] for p in pts]], fmt="o-",
-                    capsize=3, color="#1f77b4", ecolor="#9ecae1")
+        ax.plot(xs, ys, "-", color="#bbbbbb", lw=1, zorder=1)
         for x, y, p in zip(xs, ys, pts, strict=True):
-            ax.annotate(p[4], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            colour, marker = style[p[4]]
+            ax.errorbar([x], [y], yerr=[[100 * p[2]], [100 * p[3]]], fmt=marker, color=colour, ecolor=colour,
+                        alpha=0.9, capsize=3, ms=6, zorder=2, label=short[p[4]])
         _log_x(ax, xs)
         _chance(ax, acc if panel == "macro" else [r for r in acc if r.lang == panel])
         ax.set_ylim(0, 100)
         ax.set_ylabel("accuracy %")
-    axes.flat[0].legend(loc="upper left", fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=9,
+               bbox_to_anchor=(0.5, -0.02 - 0.04 * math.ceil(len(labels) / 4)))
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax in axes[-1]:
@@ -109,22 +132,25 @@ def accuracy_vs_speed(records: Sequence[Record]) -> bytes | None:
     task = gs[0][0]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for device, marker in (("cpu", "o"), ("cuda", "s")):
+    names = sorted({t.build.name for t in tps})
+    short, style = short_names(names), _styles(names)
+    for device, edge in (("cpu", "none"), ("cuda", "black")):
         sums = {s.build.name: s for s in summarise(records, task, device)} or {
             s.build.name: s for s in summarise(records, task, gs[0][1])}
         pts = [(t.decode_tokens_per_s, 100 * sums[t.build.name].macro_accuracy, t.build.name)
                for t in tps if t.device == device and t.build.name in sums]
         if not pts:
             continue
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=60, marker=marker, label=device)
         for x, y, name in pts:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            colour, marker = style[name]
+            ax.scatter([x], [y], s=60, marker=marker, color=colour, edgecolors=edge,
+                       label=f"{short[name]} ({device})")
     _log_x(ax, [t.decode_tokens_per_s for t in tps])
     _chance(ax, accuracy_records(records))
     ax.set_xlabel("decode speed (tokens/s, median, log scale)")
     ax.set_ylabel("macro accuracy %")
     ax.set_ylim(0, 100)
-    ax.legend(title="device")
+    ax.legend(fontsize=8, loc="upper left")
     ax.set_title(f"Accuracy vs decode speed ({task}); up and right is better")
     fig.tight_layout()
     return _png(fig)
@@ -151,7 +177,7 @@ def drift_heatmap(records: Sequence[Record]) -> bytes | None:
     im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     ax.grid(False)
     ax.set_xticks(range(len(langs)), langs)
-    ax.set_yticks(range(len(builds)), builds)
+    ax.set_yticks(range(len(builds)), [short_names(builds)[b] for b in builds])
     for (b, lang), d in cell.items():
         txt = f"{100 * d.delta:+.1f}" + ("" if d.resolves_2pt else "?")
         ax.text(langs.index(lang), builds.index(b), txt, ha="center", va="center", fontsize=8,

@@ -233,3 +233,14 @@ def test_killed_run_resumes_without_redoing_records(default_model: Path, sample_
     for x in final:  # the records written before the kill are kept as they were, not redone
         if (x.lang, x.items_hash) in done:
             assert x.created_at == done[(x.lang, x.items_hash)].created_at
+
+
+def test_chart_labels_drop_the_shared_prefix() -> None:
+    from globmed_edge.bench.charts import short_names
+
+    names = ["smollm2-135m-instruct", "smollm2-135m-instruct-gguf-q8_0", "smollm2-135m-instruct-onnx-int4"]
+    assert short_names(names) == {"smollm2-135m-instruct": "smollm2-135m-instruct",
+                                  "smollm2-135m-instruct-gguf-q8_0": "gguf-q8_0",
+                                  "smollm2-135m-instruct-onnx-int4": "onnx-int4"}
+    assert short_names(["a-x", "b-x"]) == {"a-x": "a-x", "b-x": "b-x"}
+    assert short_names(["only-one"]) == {"only-one": "only-one"}
