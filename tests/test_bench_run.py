@@ -16,7 +16,14 @@ from click.testing import CliRunner
 
 from globmed_edge.bench.drift import compute_drift, drift_records
 from globmed_edge.bench.generate import extract_answer
-from globmed_edge.bench.records import AccuracyRecord, BuildInfo, ResultsFile, iter_records, merge, to_dict
+from globmed_edge.bench.records import (
+    AccuracyRecord,
+    BuildInfo,
+    ResultsFile,
+    iter_records,
+    merge,
+    to_dict,
+)
 from globmed_edge.bench.stats import kl_divergence, mcnemar_exact, resolves, wilson
 from globmed_edge.bench.tasks import TaskSpec, items_hash, load_task, pick_shots, stratified_sample
 from globmed_edge.cli.main import cli
