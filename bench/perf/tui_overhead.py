@@ -71,7 +71,7 @@ async def tui_run(build: Path, tokens: int, db: Path, keys: bool) -> dict[str, f
         chat = app.chat
         chat.query_one(ChatInput).insert(QUESTION)
         await pilot.press("enter")
-        latencies = []
+        latencies: list[float] = []
         field = chat.query_one(ChatInput)
         while True:
             box = [b for b in chat.query(MessageBox) if b.role == "assistant"]
