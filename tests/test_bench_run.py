@@ -218,25 +218,25 @@ def test_bench_cli_runs_resumes_and_reports(default_model: Path, sample_mcq: Pat
 @pytest.mark.slow
 def test_killed_run_resumes_without_redoing_records(default_model: Path, sample_mcq: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
-    langs = "en,zh,ja,fr,es,pt,ru,ar,hi,sw,yo,ha,am,zu"
+    langs = ["en", "es", "fr", "ha", "pt", "sw", "yo", "zu"]  # Latin script: short prompts for this tokenizer
     cmd = [sys.executable, "-m", "globmed_edge.cli.main", "bench", "run", str(default_model), "--data",
-           str(sample_mcq), "--langs", langs, "--out", str(out)]
+           str(sample_mcq), "--langs", ",".join(langs), "--limit", "4", "--threads", "1", "--out", str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline and proc.poll() is None:
-        if out.is_file() and out.read_bytes().count(b"\n") >= 2:
+        if out.is_file() and out.read_bytes().count(b"\n") >= 1:
             break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the parent and its per-build child process
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the parent and its per-build child process, right after record 1
     proc.wait()
-    done = {(r.lang, r.items_hash): r for r in iter_records(out)}
-    assert 2 <= len(done) < 14, f"the kill did not land mid-run ({len(done)} records)"
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = {(r.lang, r.items_hash): r for r in iter_records(out)} if out.is_file() else {}
+    assert 1 <= len(done) < len(langs), f"the kill did not land mid-run ({len(done)} records)"
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     final = list(iter_records(out))
-    assert len(final) == 14 and len({x.lang for x in final}) == 14
+    assert sorted(x.lang for x in final) == langs  # every language once: nothing redone or lost
     for x in final:  # the records written before the kill are kept as they were, not redone
         if (x.lang, x.items_hash) in done:
             assert x.created_at == done[(x.lang, x.items_hash)].created_at
