@@ -181,6 +181,27 @@ def score_groups(requests: Sequence[ScoreRequest], tokenize: Callable[[str], lis
     return groups
 
 
+def pick_token(logits: np.ndarray, request: GenerationRequest, rng: np.random.Generator) -> int:
+    """The next token from one row of logits: greedy at temperature 0, else temperature +
+    nucleus (top_p) sampling from a seeded generator. The numpy backends share it, so equal
+    logits give equal tokens whichever runtime produced them."""
+    import numpy as np
+
+    if request.temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float32) / request.temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if request.top_p < 1.0:
+        order = np.argsort(-p)
+        sorted_p = p[order]
+        keep = np.cumsum(sorted_p) - sorted_p < request.top_p
+        p = np.zeros_like(p)
+        p[order[keep]] = sorted_p[keep]
+        p /= p.sum()
+    return int(rng.choice(len(p), p=p))
+
+
 def process_memory() -> tuple[int, int]:
     """(current RSS, peak RSS) in bytes for this process; RSS includes mapped weight pages."""
     import resource

@@ -38,6 +38,7 @@ from globmed_edge.backends.base import (
     ScoreRequest,
     ScoreResult,
     TokenEvent,
+    pick_token,
     process_memory,
     score_groups,
 )
@@ -342,7 +343,7 @@ class LlamaCppBackend:
                 yield TokenEvent("", i, time.perf_counter(), finish_reason="cancelled")
                 return
             logits = self._advance(seq, len(seq) - 1)[-1]
-            token = _pick(logits, request, rng)
+            token = pick_token(logits, request, rng)
             now, first = time.perf_counter(), (len(ids) if i == 0 else None)
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 yield TokenEvent("", i, now, token, "stop", first)
@@ -395,23 +396,3 @@ class LlamaCppBackend:
     def memory(self) -> MemoryReport:
         rss, peak = process_memory()
         return MemoryReport(rss, peak, self.device)
-
-
-def _pick(logits: Any, request: GenerationRequest, rng: Any) -> int:
-    """Greedy at temperature 0, else temperature + nucleus sampling from a seeded generator
-    (the onnx backend's algorithm, so equal logits give equal tokens)."""
-    import numpy as np
-
-    if request.temperature <= 0:
-        return int(np.argmax(logits))
-    z = logits.astype(np.float32) / request.temperature
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    if request.top_p < 1.0:
-        order = np.argsort(-p)
-        sorted_p = p[order]
-        keep = np.cumsum(sorted_p) - sorted_p < request.top_p
-        p = np.zeros_like(p)
-        p[order[keep]] = sorted_p[keep]
-        p /= p.sum()
-    return int(rng.choice(len(p), p=p))

@@ -26,6 +26,7 @@ from globmed_edge.backends.base import (
     ScoreRequest,
     ScoreResult,
     TokenEvent,
+    pick_token,
     process_memory,
     score_groups,
 )
@@ -260,7 +261,7 @@ class OnnxBackend:
                 return
             logits, past = self._run(block, past, past_len)
             past_len += block.shape[1]
-            token = self._pick(logits[0, -1].astype(np.float32), request, rng)
+            token = pick_token(logits[0, -1].astype(np.float32), request, rng)
             now, first = time.perf_counter(), (len(ids) if i == 0 else None)
             if token in self._eos_ids:
                 yield TokenEvent("", i, now, token, "stop", first)
@@ -274,24 +275,6 @@ class OnnxBackend:
                 return
             yield TokenEvent(delta, i, now, token, "length" if i == budget - 1 else None, first)
             block = np.array([[token]])
-
-    @staticmethod
-    def _pick(logits: Any, request: GenerationRequest, rng: Any) -> int:
-        import numpy as np
-
-        if request.temperature <= 0:
-            return int(np.argmax(logits))
-        z = logits / request.temperature
-        p = np.exp(z - z.max())
-        p /= p.sum()
-        if request.top_p < 1.0:
-            order = np.argsort(-p)
-            sorted_p = p[order]
-            keep = np.cumsum(sorted_p) - sorted_p < request.top_p
-            p = np.zeros_like(p)
-            p[order[keep]] = sorted_p[keep]
-            p /= p.sum()
-        return int(rng.choice(len(p), p=p))
 
     # ------------------------------------------------------------------ scoring
 
