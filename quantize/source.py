@@ -111,3 +111,16 @@ def tokenizer_record(path: Path) -> dict[str, Any]:
     combined = hashlib.sha256("".join(f"{n}\t{h}\n" for n, h in files.items()).encode()).hexdigest()
     return {"sha256": combined, "files": files, "chat_template_from": where,
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None}
+
+
+def parameter_count(path: Path) -> int:
+    """Parameters of a model folder, counted from its safetensors headers (no tensor is read)."""
+    import json
+    import math
+
+    n = 0
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        n += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    return n

@@ -71,17 +71,9 @@ def one(src: str, quant: str, out: str) -> None:
 
 def fp16_mb(src: Path) -> float:
     """fp16 size of the weights: 2 bytes per parameter, from the safetensors headers."""
-    total = 0
-    for f in src.glob("*.safetensors"):
-        with f.open("rb") as fh:
-            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        for k, v in header.items():
-            if k != "__metadata__":
-                n = 1
-                for d in v["shape"]:
-                    n *= d
-                total += n
-    return total * 2 / 2**20
+    from globmed_edge.quantize.source import parameter_count
+
+    return parameter_count(src) * 2 / 2**20
 
 
 def main() -> None:

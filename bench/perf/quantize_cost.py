@@ -45,17 +45,9 @@ def measure(cmd: list[str]) -> dict:
 
 def fp16_bytes(model: Path) -> int:
     """2 bytes x parameters, counted from the safetensors headers (no weights loaded)."""
-    n = 0
-    for f in model.glob("*.safetensors"):
-        with open(f, "rb") as fh:
-            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        for k, t in header.items():
-            if k != "__metadata__":
-                count = 1
-                for d in t["shape"]:
-                    count *= d
-                n += count
-    return 2 * n
+    from globmed_edge.quantize.source import parameter_count
+
+    return 2 * parameter_count(model)
 
 
 # ---------------------------------------------------------------------------- the stages (children)
