@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from globmed_edge.bench.scorer import DEFAULT_BATCH_ITEMS
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def bench() -> None:
@@ -44,7 +46,8 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--new-tokens", type=int, default=64, show_default=True, help="Tokens generated per throughput run.")
 @click.option("--threads", type=int, default=None, help="CPU threads for the backends (default: runtime's own).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--batch-items", type=int, default=8, show_default=True, help="Items per scoring batch.")
+@click.option("--batch-items", type=int, default=DEFAULT_BATCH_ITEMS, show_default=True,
+              help="Items handed to the backend per scoring call (it packs them into forward passes).")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.jsonl"),
               show_default=True, help="Results file (JSON lines); records already there are skipped.")
 def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str, ...], datasets: tuple[str, ...],

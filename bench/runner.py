@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from globmed_edge.bench.records import AccuracyRecord, BuildInfo, ResultsFile, ThroughputRecord
+from globmed_edge.bench.scorer import DEFAULT_BATCH_ITEMS
 from globmed_edge.bench.stats import wilson
 from globmed_edge.bench.tasks import MODES, TASKS, TaskData, TaskSpec, items_hash, load_task
 from globmed_edge.data.schema import MCQItem
@@ -40,7 +41,7 @@ class RunConfig:
     throughput: bool = False
     repeats: int = 3
     new_tokens: int = 64
-    batch_items: int = 8
+    batch_items: int = DEFAULT_BATCH_ITEMS
     max_new_tokens: int = 24  # generate mode
     isolate: bool = True  # each build in its own process
     progress: bool = False
@@ -78,7 +79,7 @@ def build_info(path: str | Path) -> BuildInfo:
 
 
 def run_loglik(backend: Any, items: Sequence[MCQItem], shots: Sequence[MCQItem], *,
-               batch_items: int = 8, max_new_tokens: int = 0, progress: bool = False) -> LangOutcome:
+               batch_items: int = DEFAULT_BATCH_ITEMS, max_new_tokens: int = 0, progress: bool = False) -> LangOutcome:
     """The `mcq-loglik` task: letter and length-normalised text rules from one scoring pass."""
     from globmed_edge.bench.scorer import score_mcq
 

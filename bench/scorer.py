@@ -27,6 +27,10 @@ from globmed_edge.errors import BackendError, ConfigError
 
 Rule = Literal["letter", "text"]
 
+# Items handed to `backend.score` at once: enough for the transformers backend to pack many
+# contexts into each forward pass (it bounds its own memory per pass).
+DEFAULT_BATCH_ITEMS = 32
+
 
 @dataclass(frozen=True)
 class ItemScore:
@@ -101,7 +105,7 @@ def score_mcq(
     items: Sequence[MCQItem],
     *,
     shots: Mapping[str, Sequence[MCQItem]] | None = None,
-    batch_items: int = 8,
+    batch_items: int = DEFAULT_BATCH_ITEMS,
     progress: bool = False,
 ) -> list[ItemScore]:
     """Score `items` (in order) with a loaded backend; `shots` maps lang -> solved examples."""

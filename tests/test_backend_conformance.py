@@ -248,6 +248,9 @@ def test_cancel_then_reuse(be):
 def test_score_batch_equals_singles(be):
     reqs = [ScoreRequest(MCQ, c) for c in (" A", " B", " C", " Artemether-lumefantrine")]
     reqs += [ScoreRequest("La fièvre est ", "un symptôme"), ScoreRequest("病人", "发烧"), ScoreRequest(MCQ, " B")]
+    # "The dos" encodes differently before "e" (" dose") and "age" (" dosage"): only the
+    # tokens after each request's own context encoding are scored, in a batch as alone
+    reqs += [ScoreRequest("The dos", "e is high"), ScoreRequest("The dos", "age forms differ")]
     batch = be.score(reqs)
     singles = [be.score([r])[0] for r in reversed(reqs)][::-1]
     assert len(batch) == len(reqs)
@@ -256,7 +259,7 @@ def test_score_batch_equals_singles(be):
         assert np.isfinite(a.logprob) and a.logprob < 0
         assert a.logprob == pytest.approx(b.logprob, abs=2e-3), r
         assert a.is_greedy == b.is_greedy, r
-    assert batch[1].logprob == batch[-1].logprob
+    assert batch[1].logprob == batch[6].logprob
     assert be.score([]) == []
     with pytest.raises(BackendError):
         be.score([ScoreRequest("", " A")])

@@ -75,3 +75,52 @@ def test_tiny_model_stream_cancel_and_logprobs(tiny_model):
 def test_missing_model_folder(tmp_path):
     with pytest.raises(ModelError, match="not a model folder"):
         open_backend(tmp_path)
+
+
+def _tiny_gemma3_sliding(tok_path):
+    """A random Gemma 3 with a 4-token sliding window on its first layer (shorter than the prompts)."""
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(tok_path)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=512, initializer_range=0.05, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(5)
+    return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval(), tok
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3-sliding-window"])
+def test_packed_scoring_equals_a_full_forward_per_request(arch, tiny_model):
+    """Packing every option of several contexts into one batch (4D masks, restarted positions,
+    sliding windows) must give what a plain forward over context + continuation gives, scoring
+    exactly lm-eval's continuation tokens even where the context's encoding differs per option."""
+    from globmed_edge.backends.base import score_groups, split_pair
+    from globmed_edge.backends.transformers_backend import TransformersBackend
+
+    if arch == "qwen3":
+        be = open_backend(tiny_model)
+        be.load()
+    else:
+        be = TransformersBackend.from_loaded(*_tiny_gemma3_sliding(tiny_model))
+    mcq = "Question: Which drug treats malaria?\nA. Artemether\nB. Insulin\nC. Aspirin\nAnswer:"
+    reqs = [ScoreRequest(mcq, c) for c in (" A", " B", " C", " Artemether-lumefantrine", " Insulin")]
+    reqs += [ScoreRequest("The dos", "e is high"), ScoreRequest("The dos", "age forms differ"),
+             ScoreRequest("Homa ni ", "dalili ya malaria"), ScoreRequest("الحمى", " عرض من أعراض الملاريا"),
+             ScoreRequest("病人", "发烧")]
+    tok = lambda s: be.tokenize(s, add_special=True)  # noqa: E731
+    assert any(any(g.skip) for g in score_groups(reqs, tok)), "no request exercises the skipped-context path"
+    got = be.score(reqs)
+    for r, res in zip(reqs, got, strict=True):
+        ctx, cont = split_pair(tok, r.context, r.continuation)
+        lp = be.logprobs(ctx + cont)
+        rows = lp[len(ctx) - 1: len(ctx) + len(cont) - 1]
+        direct = float(sum(rows[i, t] for i, t in enumerate(cont)))
+        assert res.n_tokens == len(cont), r
+        assert res.logprob == pytest.approx(direct, abs=1e-3), r
+        assert res.is_greedy == bool(all(rows[i].argmax() == t for i, t in enumerate(cont))), r
+    # batching across calls changes nothing (different packing, same numbers)
+    singles = [be.score([r])[0] for r in reqs]
+    assert [s.logprob for s in singles] == pytest.approx([g.logprob for g in got], abs=1e-4)

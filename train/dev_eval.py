@@ -29,7 +29,7 @@ def dev_accuracy(model: Any, tokenizer: Any, items: Sequence[MCQItem]) -> dict[s
     model.eval()
     try:
         backend = TransformersBackend.from_loaded(model, tokenizer)
-        scores = score_mcq(backend, list(items), batch_items=8)
+        scores = score_mcq(backend, list(items))
     finally:
         if was_training:
             model.train()

@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--per-lang", type=int, default=8)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8, help="lm-eval HFLM batch size")
-    ap.add_argument("--batch-items", type=int, default=8, help="bench scorer items per batch")
+    ap.add_argument("--batch-items", type=int, default=None, help="bench scorer items per call (default: its own)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
 
@@ -80,7 +80,7 @@ def main() -> None:
     ours_t, theirs_t = [], []
     for _ in range(args.runs):
         t = time.perf_counter()
-        ours = score_mcq(be, items, batch_items=args.batch_items)
+        ours = score_mcq(be, items, **({"batch_items": args.batch_items} if args.batch_items else {}))
         ours_t.append(time.perf_counter() - t)
         t = time.perf_counter()
         l_letters, l_texts, l_lls = lmeval_run()

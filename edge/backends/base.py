@@ -146,11 +146,14 @@ def split_pair(
 class ScoreGroup:
     """Requests that share one context: their indices, the token prefix all their context
     encodings share (what a backend evaluates and caches once), and each request's tokens after
-    that prefix (the rest of its context encoding + its continuation)."""
+    that prefix: `continuations[j]` is the rest of request j's context encoding followed by its
+    continuation, and the first `skip[j]` of those tokens are context, conditioned on but not
+    scored (lm-evaluation-harness scores exactly the tokens after the context's own encoding)."""
 
     indices: list[int]
     prefix: list[int]
     continuations: list[list[int]]
+    skip: list[int]
 
 
 def score_groups(requests: Sequence[ScoreRequest], tokenize: Callable[[str], list[int]]) -> list[ScoreGroup]:
@@ -177,8 +180,22 @@ def score_groups(requests: Sequence[ScoreRequest], tokenize: Callable[[str], lis
             prefix = prefix[:n]
         if not prefix:
             raise BackendError("score(): context encodes to no tokens")
-        groups.append(ScoreGroup(idxs, prefix, [c[len(prefix):] + k for c, k in pairs]))
+        groups.append(ScoreGroup(idxs, prefix, [c[len(prefix):] + k for c, k in pairs],
+                                 [len(c) - len(prefix) for c, _ in pairs]))
     return groups
+
+
+def result_from_rows(rows: np.ndarray, continuation: Sequence[int], skip: int = 0) -> ScoreResult:
+    """A ScoreResult from log-probability rows: `rows[k]` is the distribution that predicts
+    `continuation[k]`; the first `skip` tokens are context and are not scored."""
+    import numpy as np
+
+    target = np.asarray(continuation[skip:], dtype=np.int64)
+    if target.size == 0:
+        return ScoreResult(0.0, 0, True)
+    table = rows[skip: len(continuation)]
+    lp = table[np.arange(target.size), target].astype(np.float64)
+    return ScoreResult(float(lp.sum()), int(target.size), bool((table.argmax(axis=-1) == target).all()))
 
 
 def pick_token(logits: np.ndarray, request: GenerationRequest, rng: np.random.Generator) -> int:

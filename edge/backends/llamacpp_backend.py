@@ -40,6 +40,7 @@ from globmed_edge.backends.base import (
     TokenEvent,
     pick_token,
     process_memory,
+    result_from_rows,
     score_groups,
 )
 from globmed_edge.backends.onnx_backend import SPECIAL_KEYS, _compile_template
@@ -370,16 +371,11 @@ class LlamaCppBackend:
         for group in score_groups(requests, lambda s: self.tokenize(s, add_special=True)):
             ctx = group.prefix
             last = self._log_softmax(self._advance(ctx, len(ctx) - 1))
-            for i, cont in zip(group.indices, group.continuations, strict=True):
-                if not cont:
-                    results[i] = ScoreResult(0.0, 0, True)
-                    continue
+            for i, cont, skip in zip(group.indices, group.continuations, group.skip, strict=True):
                 table = last
                 if len(cont) > 1:
                     table = np.concatenate([last, self._log_softmax(self._advance(ctx + cont[:-1], len(ctx)))])
-                lp = table[np.arange(len(cont)), cont].astype(np.float64)
-                greedy = bool((table.argmax(axis=-1) == np.array(cont)).all())
-                results[i] = ScoreResult(float(lp.sum()), len(cont), greedy)
+                results[i] = result_from_rows(table, cont, skip)
         return [r for r in results if r is not None]
 
     def logprobs(self, token_ids: Sequence[int]) -> Any:

@@ -28,6 +28,7 @@ from globmed_edge.backends.base import (
     TokenEvent,
     pick_token,
     process_memory,
+    result_from_rows,
     score_groups,
 )
 from globmed_edge.backends.transformers_backend import IncrementalDecoder
@@ -283,11 +284,12 @@ class OnnxBackend:
         self._require_loaded()
         results: list[ScoreResult | None] = [None] * len(requests)
         for group in score_groups(requests, lambda s: self.tokenize(s, add_special=True)):
-            for i, r in zip(group.indices, self._score_group(group.prefix, group.continuations), strict=True):
+            scored = self._score_group(group.prefix, group.continuations, group.skip)
+            for i, r in zip(group.indices, scored, strict=True):
                 results[i] = r
         return [r for r in results if r is not None]
 
-    def _score_group(self, ctx: list[int], conts: list[list[int]]) -> list[ScoreResult]:
+    def _score_group(self, ctx: list[int], conts: list[list[int]], skips: list[int]) -> list[ScoreResult]:
         """Score continuations over one cached context.
 
         Only a continuation's tokens but the last need a forward pass. GroupQueryAttention
@@ -310,15 +312,10 @@ class OnnxBackend:
             if len(cont) > 2:
                 rows[b] = self._log_softmax(self._run(np.array([cont[:-1]]), cache, len(ctx))[0][0])
         out: list[ScoreResult] = []
-        for b, cont in enumerate(conts):
-            if not cont:
-                out.append(ScoreResult(0.0, 0, True))
-                continue
+        for b, (cont, skip) in enumerate(zip(conts, skips, strict=True)):
             table = np.concatenate([last[None], rows[b].reshape(-1, last.shape[-1])], axis=0) \
                 if b in rows else last[None]
-            lp = table[np.arange(len(cont)), cont]
-            greedy = bool((table.argmax(axis=-1) == np.array(cont)).all())
-            out.append(ScoreResult(float(lp.astype(np.float64).sum()), len(cont), greedy))
+            out.append(result_from_rows(table, cont, skip))
         return out
 
     def logprobs(self, token_ids: Sequence[int]) -> Any:

@@ -13,10 +13,12 @@ from globmed_edge.backends.base import (
     GenerationRequest,
     MemoryReport,
     Message,
+    ScoreGroup,
     ScoreRequest,
     ScoreResult,
     TokenEvent,
     process_memory,
+    result_from_rows,
     score_groups,
 )
 from globmed_edge.deps import require
@@ -184,49 +186,96 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        """Log-likelihoods, running each distinct context once and its continuations as a batch.
+    # A score batch holds at most this many packed tokens and this many logit rows (x vocab):
+    # enough rows for efficient matrix products on a CPU, bounded memory for 262k-token vocabularies.
+    SCORE_BATCH_TOKENS: ClassVar[int] = 4096
+    SCORE_BATCH_LOGITS: ClassVar[int] = 48 * 1024 * 1024
 
-        Multiple-choice items share one prompt across 4-5 options: the prompt's KV cache is
-        computed once and repeated across the batch of options (shared-prefix reuse).
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Log-likelihoods, one forward pass per batch of contexts, every option packed in.
+
+        Each context is packed with all of its continuations into one row: the shared prefix
+        once, then each continuation (its last token never needs to be an input) with positions
+        restarting after the prefix and a 4D attention mask that lets it see only the prefix and
+        itself. Single-token options (the letters " A", " B", ...) cost nothing beyond the
+        prefix. Rows of several contexts go through the model together, sorted by length.
         """
         self._require_loaded()
         torch = require("torch", "torch")
+        groups = score_groups(requests, lambda s: self.tokenize(s, add_special=True))
+        vocab = int(self.model.get_output_embeddings().weight.shape[0])
         results: list[ScoreResult | None] = [None] * len(requests)
         with torch.inference_mode():
-            for group in score_groups(requests, lambda s: self.tokenize(s, add_special=True)):
-                scored = self._score_group(torch, group.prefix, group.continuations)
-                for i, r in zip(group.indices, scored, strict=True):
-                    results[i] = r
+            for batch in self._batches(groups, vocab):
+                for g, scored in zip(batch, self._score_packed(torch, batch), strict=True):
+                    for i, r in zip(g.indices, scored, strict=True):
+                        results[i] = r
         return [r for r in results if r is not None]
 
-    def _score_group(self, torch: Any, ctx: list[int], conts: list[list[int]]) -> list[ScoreResult]:
-        out = self.model(input_ids=torch.tensor([ctx], device=self.device), use_cache=True)
-        last = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        n = len(conts)
-        width = max(len(c) for c in conts)
-        if width == 0:
-            return [ScoreResult(0.0, 0, True) for _ in conts]
-        cache = out.past_key_values
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-        pad = self.tokenizer.pad_token_id or 0
-        batch = torch.tensor([c + [pad] * (width - len(c)) for c in conts], device=self.device)
-        mask = torch.ones((n, len(ctx) + width), dtype=torch.long, device=self.device)
-        logits = self.model(input_ids=batch, past_key_values=cache, attention_mask=mask,
-                            use_cache=False).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        results = []
-        for b, cont in enumerate(conts):
-            if not cont:
-                results.append(ScoreResult(0.0, 0, True))
-                continue
-            rows = torch.cat([last[None], logp[b, : len(cont) - 1]], dim=0)
-            target = torch.tensor(cont, device=self.device)
-            lp = rows.gather(1, target[:, None]).squeeze(1)
-            greedy = bool((rows.argmax(dim=-1) == target).all())
-            results.append(ScoreResult(float(lp.sum()), len(cont), greedy))
-        return results
+    def _batches(self, groups: list[ScoreGroup], vocab: int) -> list[list[ScoreGroup]]:
+        """Longest rows first, as many per batch as the token and logit budgets allow."""
+        batches: list[list[ScoreGroup]] = []
+        batch: list[ScoreGroup] = []
+        for group in sorted(groups, key=_packed_length, reverse=True):
+            candidate = [*batch, group]
+            width = _packed_length(candidate[0])
+            keep = width - min(len(g.prefix) for g in candidate) + 1
+            if batch and (len(candidate) * width > self.SCORE_BATCH_TOKENS
+                          or len(candidate) * keep * vocab > self.SCORE_BATCH_LOGITS):
+                batches.append(batch)
+                candidate = [group]
+            batch = candidate
+        return [*batches, batch] if batch else batches
+
+    def _score_packed(self, torch: Any, groups: list[ScoreGroup]) -> list[list[ScoreResult]]:
+        width = max(_packed_length(g) for g in groups)
+        ids = torch.zeros((len(groups), width), dtype=torch.long)
+        pos = torch.zeros((len(groups), width), dtype=torch.long)
+        seg = torch.full((len(groups), width), -1, dtype=torch.long)  # -1 padding, 0 prefix, j+1 option j
+        wanted: list[tuple[int, list[int]]] = []  # per continuation: (row, packed index predicting each token)
+        for b, g in enumerate(groups):
+            p = len(g.prefix)
+            ids[b, :p] = torch.tensor(g.prefix)
+            pos[b, :p] = torch.arange(p)
+            seg[b, :p] = 0
+            at = p
+            for j, cont in enumerate(g.continuations):
+                body = cont[:-1]
+                ids[b, at: at + len(body)] = torch.tensor(body, dtype=torch.long)
+                pos[b, at: at + len(body)] = torch.arange(p, p + len(body))
+                seg[b, at: at + len(body)] = j + 1
+                wanted.append((b, [p - 1, *range(at, at + len(body))]))
+                at += len(body)
+        dtype = self.model.dtype
+        allowed = torch.tril(torch.ones((width, width), dtype=torch.bool))[None] & (
+            (seg[:, :, None] == seg[:, None, :]) | ((seg[:, None, :] == 0) & (seg[:, :, None] >= 0)))
+        masks = {"full_attention": allowed}
+        window = getattr(self.model.config, "sliding_window", None)
+        layer_types = getattr(self.model.config, "layer_types", None) or ()
+        if window and "sliding_attention" in layer_types:
+            masks["sliding_attention"] = allowed & (pos[:, :, None] - pos[:, None, :] < window)
+        floats = {k: torch.where(m, 0.0, torch.finfo(dtype).min).to(dtype)[:, None].to(self.device)
+                  for k, m in masks.items()}
+        first = min(len(g.prefix) for g in groups) - 1
+        out = self.model(
+            input_ids=ids.to(self.device), position_ids=pos.to(self.device),
+            attention_mask=floats if len(floats) > 1 else floats["full_attention"],
+            use_cache=False, logits_to_keep=width - first,
+        )
+        logits = out.logits
+        rows = torch.tensor([b for b, idx in wanted for _ in idx], device=self.device)
+        cols = torch.tensor([i - first for _, idx in wanted for i in idx], device=self.device)
+        logp = torch.log_softmax(logits[rows, cols].float(), dim=-1).cpu().numpy()
+        scored: list[list[ScoreResult]] = [[] for _ in groups]
+        at = 0
+        k = 0
+        for g_index, g in enumerate(groups):
+            for cont, skip in zip(g.continuations, g.skip, strict=True):
+                n = len(wanted[k][1])
+                scored[g_index].append(result_from_rows(logp[at: at + n], cont, skip))
+                at += n
+                k += 1
+        return scored
 
     def logprobs(self, token_ids: Sequence[int]) -> Any:
         self._require_loaded()
@@ -244,3 +293,8 @@ class TransformersBackend:
             return MemoryReport(rss, peak, self.device, torch.cuda.memory_allocated(),
                                 torch.cuda.memory_reserved(), torch.cuda.max_memory_allocated())
         return MemoryReport(rss, peak, self.device)
+
+
+def _packed_length(group: ScoreGroup) -> int:
+    """Tokens in a context's packed row: the prefix plus every continuation but its last token."""
+    return len(group.prefix) + sum(max(0, len(c) - 1) for c in group.continuations)
