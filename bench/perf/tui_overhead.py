@@ -5,9 +5,9 @@ Measures, in one process and with the runs interleaved (direct, TUI, direct, TUI
 * time to first paint and time to model ready of the app (`ChatApp.run_test`, headless);
 * time to first token and decode tokens/s of the same greedy request, through the app's worker
   and directly through `backend.stream` (same system prompt, question and token budget), the
-  direct runs in a fresh thread like the app's worker (on the loaded 2-core development machine
-  torch decoded several times slower from the main thread; the cause was not established, so only
-  same-context runs are compared and the main-thread figure is printed for reference);
+  direct runs in a fresh thread like the app's worker. Nothing decodes on the main thread: while
+  a thread that has run llama.cpp's OpenMP compute is alive, decoding from any other thread is
+  ~40% slower (docs/backends.md, "Threads"), and the main thread lives as long as the process;
 * key presses handled while tokens stream (latency of `pilot.press` and that the text arrived).
 
 Prints medians and the TUI/direct ratio. Target: the UI costs < 5% of decode throughput.
@@ -70,7 +70,9 @@ async def tui_run(build: Path, tokens: int, db: Path, keys: bool) -> dict[str, f
         out["model_ready_s"] = app.model_ready or float("nan")
         chat = app.chat
         chat.query_one(ChatInput).insert(QUESTION)
-        await pilot.press("enter")
+        # Enter posted as the terminal driver would: pilot.press would wait for the app to go
+        # idle, i.e. (nearly) for the whole answer, and the key loop below would see none of it.
+        app.post_message(events.Key("enter", "\r"))
         latencies: list[float] = []
         field = chat.query_one(ChatInput)
         while True:
@@ -87,7 +89,7 @@ async def tui_run(build: Path, tokens: int, db: Path, keys: bool) -> dict[str, f
                 while field.text != want and time.perf_counter() - t < 5:
                     await asyncio.sleep(0.0005)
                 latencies.append(time.perf_counter() - t)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.25 if not keys else 0.05)  # light polling: this loop shares the UI thread
         if keys:
             out["keys_pressed"] = len(latencies)
             out["keys_arrived"] = chat.query_one(ChatInput).text.count("k")
@@ -120,12 +122,11 @@ def main() -> None:
     t0 = time.perf_counter()
     backend = load_backend(build)
     direct_load_s = time.perf_counter() - t0
-    direct_run(backend, 4)  # warm-up (first call pays one-off allocations)
+    direct_in_thread(backend, 4)  # warm-up (first call pays one-off allocations)
 
-    direct, main_thread, tui = [], [], []
+    direct, tui = [], []
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(tui_run(build, 4, Path(tmp) / "warm.sqlite3", keys=False))  # warm-up
-        direct_in_thread(backend, 4)
         for i in range(args.runs):
             # A freshly loaded backend per run, as each TUI run loads its own: llama.cpp keeps its
             # KV cache between calls, so a reused backend would skip the prefill of the same prompt.
@@ -133,9 +134,6 @@ def main() -> None:
             direct.append(direct_in_thread(fresh, args.tokens))
             fresh.close()
             tui.append(asyncio.run(tui_run(build, args.tokens, Path(tmp) / f"{i}.sqlite3", keys=False)))
-            fresh = load_backend(build)
-            main_thread.append(direct_run(fresh, args.tokens))
-            fresh.close()
         keyrun = asyncio.run(tui_run(build, args.tokens, Path(tmp) / "keys.sqlite3", keys=True))
     backend.close()
 
@@ -151,8 +149,6 @@ def main() -> None:
     print(f"decode tokens/s       direct {d_tps:7.2f}     TUI {t_tps:7.2f}     ratio {t_tps / d_tps:5.3f}"
           f"   (UI cost {100 * (1 - t_tps / d_tps):+.1f}%)")
     print(f"per-run decode tok/s  direct {[round(r[1], 1) for r in direct]}  TUI {[round(r['decode_tps'], 1) for r in tui]}")
-    print(f"direct from the main thread instead of a worker thread: TTFT {med(r[0] for r in main_thread):.3f} s, "
-          f"decode {med(r[1] for r in main_thread):.2f} tok/s (for reference; the app generates in a worker)")
     print(f"keys while streaming: pressed {keyrun['keys_pressed']:.0f}, arrived {keyrun['keys_arrived']:.0f}, "
           f"median handling {keyrun['key_latency_ms']:.1f} ms; decode in that run {keyrun['decode_tps']:.2f} tok/s")
     sys.stdout.flush()
