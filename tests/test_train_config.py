@@ -75,6 +75,9 @@ def test_bad_values_are_named() -> None:
         load_config(None, environ={}, overrides={"merge": "maybe"})
     with pytest.raises(ConfigError, match=r"sampling_temperature=0.0: must be > 0"):
         load_config(None, environ={}, overrides={"sampling_temperature": "0"})
+    with pytest.raises(ConfigError, match=r"train_splits=\('train', 'test'\): must be train and/or dev"):
+        load_config(None, environ={}, overrides={"train_splits": "train,test"})
+    assert load_config(None, environ={}, overrides={"train_splits": "train,dev"}).train_splits == ("train", "dev")
     with pytest.raises(ConfigError, match="must look like key=value"):
         parse_overrides(["max_steps"])
 

@@ -194,3 +194,19 @@ def test_packed_examples_do_not_attend_across_boundaries(tiny_model: Path) -> No
         alone_a = model(input_ids=torch.tensor([a])).logits[0]
     torch.testing.assert_close(packed[: len(a)], alone_a, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(packed[len(a):], alone_b, atol=1e-4, rtol=1e-4)
+
+
+def test_training_on_train_and_dev_holds_the_eval_set_out_of_both() -> None:
+    items = [mcq(k, lang, split) for lang in ("en", "zu")
+             for split, n in (("train", 4), ("dev", 20), ("test", 5)) for k in range(n)]
+    plain = build_splits(items, dev_fraction=0.25, seed=1)
+    assert {i.split for i in plain.dev} == {"dev"} and plain.train_counts == {"en": 4, "zu": 4}
+    both = build_splits(items, dev_fraction=0.25, seed=1, train_splits=("train", "dev"))
+    trained = {ex.id for ex in both.train}
+    held = {i.id for i in both.dev}
+    assert held and not held & trained and sum(both.train_counts.values()) == 48 - len(held)
+    assert not any("-test-" in i for i in trained | held)
+    with pytest.raises(DataError, match="train_splits"):
+        build_splits(items, train_splits=("train", "test"))
+    with pytest.raises(DataError, match="no train/dev items for language 'xh'"):
+        build_splits(items, languages=["xh"], train_splits=("train", "dev"))

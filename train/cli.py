@@ -44,11 +44,9 @@ def train(config: str | None, overrides: tuple[str, ...], merge: bool | None, dr
         values["merge"] = True
     cfg = load_config(config, overrides=values)
     if dry_run:
-        from globmed_edge.train.data import load_splits
+        from globmed_edge.train.data import splits_for
 
-        splits = load_splits(cfg.data, languages=cfg.languages, train_samples=cfg.train_samples,
-                             temperature=cfg.sampling_temperature, dev_fraction=cfg.dev_fraction,
-                             dev_max_per_lang=cfg.dev_max_per_lang, seed=cfg.seed)
+        splits = splits_for(cfg)
         click.echo(json.dumps({
             "config": cfg.to_dict(), "train_examples": len(splits.train),
             "train_items_per_language": splits.train_counts,

@@ -37,6 +37,7 @@ class TrainConfig:
     output_dir: str = "runs/train"
     data: tuple[str, ...] = ()  # files/folders in the project schema; () = packaged samples
     languages: tuple[str, ...] = ()  # () = every language in the data
+    train_splits: tuple[str, ...] = ("train",)  # add "dev" to train on it too (the dev eval is then held out)
     method: Method = "lora"
     merge: bool = False  # write <output_dir>/merged: a plain HF folder + training card
     # examples
@@ -242,6 +243,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{key}={getattr(cfg, key)!r}: must be {rule}")
 
     need(cfg.max_seq_len >= 16, "max_seq_len", ">= 16")
+    need(bool(cfg.train_splits) and set(cfg.train_splits) <= {"train", "dev"}, "train_splits",
+         "train and/or dev (test items are only ever benchmarked)")
     need(cfg.sampling_temperature > 0, "sampling_temperature", "> 0")
     need(cfg.train_samples >= 0, "train_samples", ">= 0")
     need(0 <= cfg.dev_fraction < 1, "dev_fraction", "in [0, 1)")

@@ -3,8 +3,9 @@
 * An MCQ item becomes a two-turn chat: the user turn is the bench's own question block
   (`Question: ...`, lettered options, `Answer:`), the assistant turn is `"<letter>. <option>"`
   followed by the rationale when the item has one. Chat items are used as they are.
-* Only `train`-split items are trained on. The dev set is the `dev`-split MCQ items of each
-  language; a language without any gets `dev_fraction` of its train MCQ items held out (chosen
+* Only `train`-split items are trained on (`train_splits=train,dev` adds the `dev` split). The
+  dev set is the `dev`-split MCQ items of each language when they are not trained on; otherwise,
+  or for a language without any, `dev_fraction` of its trainable MCQ items is held out (chosen
   by a hash of the item id, so the split never depends on file order). `test` items are never
   used here: they are for `globmed-edge bench`.
 * Balanced sampling: language l gets p_l ∝ n_l^(1/T) of the `train_samples` examples (T = 1
@@ -23,9 +24,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from globmed_edge.data.schema import Item, MCQItem
 from globmed_edge.errors import DataError
+
+if TYPE_CHECKING:
+    from globmed_edge.train.config import TrainConfig
 
 Messages = list[dict[str, str]]
 
@@ -137,28 +142,34 @@ def _held_out(item_id: str, fraction: float, seed: int) -> bool:
 def build_splits(items: Sequence[Item], *, languages: Sequence[str] = (), train_samples: int = 0,
                  temperature: float = 3.0, dev_fraction: float = 0.1, dev_max_per_lang: int = 50,
                  include_rationale: bool = True, system_prompt: str = "", seed: int = 42,
+                 train_splits: Sequence[str] = ("train",),
                  source: str = "the data", file_hashes: Mapping[str, str] | None = None) -> Splits:
-    present = Counter(i.lang for i in items if i.split == "train")
+    trainable = set(train_splits)
+    if not trainable or not trainable <= {"train", "dev"}:
+        raise DataError(f"train_splits must be train and/or dev, not {', '.join(train_splits) or 'nothing'}")
+    named = "/".join(s for s in ("train", "dev") if s in trainable)
+    present = Counter(i.lang for i in items if i.split in trainable)
     for lang in languages:
         if present[lang] == 0:
             have = ", ".join(sorted(present)) or "none"
-            raise DataError(f"no train items for language {lang!r} in {source} (languages with train items: {have})")
+            raise DataError(f"no {named} items for language {lang!r} in {source} (languages with {named} items: {have})")
     wanted = set(languages) or set(present)
     pool = [i for i in items if i.lang in wanted]
-    dev_langs = {i.lang for i in pool if i.split == "dev" and isinstance(i, MCQItem)}
+    eval_only = "dev" not in trainable
+    dev_langs = {i.lang for i in pool if eval_only and i.split == "dev" and isinstance(i, MCQItem)}
     train_items: list[Item] = []
     dev: list[MCQItem] = []
     for item in pool:
-        if item.split == "dev" and isinstance(item, MCQItem):
+        if eval_only and item.split == "dev" and isinstance(item, MCQItem):
             dev.append(item)
-        elif item.split == "train":
+        elif item.split in trainable:
             if (isinstance(item, MCQItem) and item.lang not in dev_langs
                     and _held_out(item.id, dev_fraction, seed)):
                 dev.append(item)
             else:
                 train_items.append(item)
     if not train_items:
-        raise DataError(f"no train-split items left to train on in {source}")
+        raise DataError(f"no {named}-split items left to train on in {source}")
     by_lang: dict[str, list[Example]] = {}
     for item in train_items:
         ex = to_example(item, include_rationale=include_rationale, system_prompt=system_prompt)
@@ -183,6 +194,14 @@ def load_splits(sources: Sequence[str | Path], **kwargs: object) -> Splits:
         raise DataError("no items found", ", ".join(map(str, paths)))
     src = ", ".join(map(str, sources)) if sources else "the packaged sample data"
     return build_splits(items, source=src, file_hashes=hash_files(paths), **kwargs)  # type: ignore[arg-type]
+
+
+def splits_for(cfg: TrainConfig) -> Splits:
+    """The splits a training config asks for (the trainer and `train --dry-run` share this)."""
+    return load_splits(cfg.data, languages=cfg.languages, train_samples=cfg.train_samples,
+                       temperature=cfg.sampling_temperature, dev_fraction=cfg.dev_fraction,
+                       dev_max_per_lang=cfg.dev_max_per_lang, include_rationale=cfg.include_rationale,
+                       system_prompt=cfg.system_prompt, seed=cfg.seed, train_splits=cfg.train_splits)
 
 
 def data_fingerprint(splits: Splits) -> str:

@@ -140,7 +140,7 @@ def run(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = Tru
     trl = require("trl", "train")
     datasets = require("datasets", "train")
     from globmed_edge.train.card import build_card, write_merged
-    from globmed_edge.train.data import data_fingerprint, load_splits
+    from globmed_edge.train.data import data_fingerprint, splits_for
     from globmed_edge.train.dev_eval import DevEvalCallback
     from globmed_edge.train.template import end_of_turn_ids
 
@@ -150,10 +150,7 @@ def run(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = Tru
     except (OSError, ValueError) as exc:
         raise ModelError(f"{model_dir}: cannot load the tokenizer ({str(exc).splitlines()[0]})") from None
     _check_model(model_dir, cfg, tokenizer)
-    splits = load_splits(cfg.data, languages=cfg.languages, train_samples=cfg.train_samples,
-                         temperature=cfg.sampling_temperature, dev_fraction=cfg.dev_fraction,
-                         dev_max_per_lang=cfg.dev_max_per_lang, include_rationale=cfg.include_rationale,
-                         system_prompt=cfg.system_prompt, seed=cfg.seed)
+    splits = splits_for(cfg)
     fingerprint = data_fingerprint(splits)
     log.info("train examples: %d (items per language %s; weights %s); dev items: %d",
              len(splits.train), splits.train_counts,
