@@ -197,3 +197,13 @@ def test_sigkill_while_streaming_loses_at_most_that_answer(tmp_path):
     expected = "".join(f"tok{i} " for i in range(10000))
     assert len(partial) > len("".join(f"tok{i} " for i in range(60))) and expected.startswith(partial)
     store.close()
+
+
+def test_exports_say_unfinished_answers_in_the_conversation_language(store, tmp_path):
+    cid = store.new_conversation("t", "es")
+    store.add_message(cid, "user", "¿Signos de deshidratación?", lang="es")
+    store.add_message(cid, "assistant", "Sed y", status="stopped", lang="es")
+    md = export_conversation(store, cid, "md", tmp_path).read_text(encoding="utf-8")
+    html = export_conversation(store, cid, "html", tmp_path).read_text(encoding="utf-8")
+    assert "*Detenido.*" in md and '<div class="status">Detenido.</div>' in html
+    assert "(stopped)" not in md + html

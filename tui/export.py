@@ -58,7 +58,7 @@ def to_markdown(conv: Conversation, messages: list[StoredMessage]) -> str:
             lines += [f"*{tr('answer_marker')}*", ""]
         lines.append(m.content.rstrip() or "…")
         if m.status not in ("complete",):
-            lines += ["", f"*({m.status})*"]
+            lines += ["", f"*{status_note(tr, m.status)}*"]
         lines.append("")
     return "\n".join(lines)
 
@@ -104,7 +104,7 @@ def to_html(conv: Conversation, messages: list[StoredMessage]) -> str:
             out.append(f'<div class="marker" dir="auto">{e(tr("answer_marker"))}</div>')
         out.append(f"<div>{e(m.content)}</div>")
         if m.status != "complete":
-            out.append(f'<div class="status">({e(m.status)})</div>')
+            out.append(f'<div class="status">{e(status_note(tr, m.status))}</div>')
         out.append("</section>")
     out += ["</body>", "</html>", ""]
     return "\n".join(out)
@@ -138,3 +138,8 @@ def default_export_dir() -> Path:
     from globmed_edge.paths import data_home
 
     return data_home() / "chat" / "exports"
+
+
+def status_note(tr: Translator, status: str) -> str:
+    """An unfinished answer's status in the conversation's language ("Stopped.", ...)."""
+    return tr(status) if status in ("stopped", "interrupted") else f"({status})"
