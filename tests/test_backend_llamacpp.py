@@ -122,7 +122,7 @@ def test_tokenize_matches_transformers(be, ref):
 
 
 def test_detokenize_round_trip_and_utf8_safe_deltas(be):
-    from globmed_edge.backends.transformers_backend import IncrementalDecoder
+    from globmed_edge.backends.base import IncrementalDecoder
 
     for lang, text in TEXTS.items():
         if lang == "mixed":  # holds a special token, which decoding skips

@@ -144,14 +144,14 @@ def test_bad_inputs_give_one_line_errors(tiny_model, tmp_path):
     assert "bogus" in err(tiny_model, bogus=1)
     src = _copy(tiny_model, tmp_path / "m")
     (src / "config.json").rename(src / "config.bak")
-    assert "no config.json" in err(src)
+    assert "missing config.json" in err(src)
     cfg = json.loads((src / "config.bak").read_text())
     (src / "config.json").write_text(json.dumps({**cfg, "architectures": ["GPT2LMHeadModel"]}))
     msg = err(src)
     assert "GPT2LMHeadModel" in msg and "Qwen3ForCausalLM" in msg and "Gemma3ForCausalLM" in msg
     (src / "config.json").write_text(json.dumps(cfg))
     (src / "tokenizer.json").rename(src / "tokenizer.bak")
-    assert "no tokenizer" in err(src)
+    assert "missing tokenizer" in err(src)
     (src / "tokenizer.bak").rename(src / "tokenizer.json")
     weights = src / "model.safetensors"
     data = weights.read_bytes()
@@ -161,7 +161,7 @@ def test_bad_inputs_give_one_line_errors(tiny_model, tmp_path):
     weights.write_bytes(b"\x00" * 64)  # overwritten header
     assert "corrupted safetensors" in err(src)
     weights.unlink()
-    assert "no weights" in err(src)
+    assert "missing weights" in err(src)
 
 
 def test_missing_converter_names_the_extra(monkeypatch, tmp_path):

@@ -16,6 +16,7 @@ backend offers without importing its runtime.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,63 @@ class Backend(Protocol):
     def memory(self) -> MemoryReport: ...
 
     def close(self) -> None: ...
+
+
+class IncrementalDecoder:
+    """Turns a growing list of token ids into text deltas without splitting characters.
+
+    Byte-level and SentencePiece tokenizers can emit half a UTF-8 character or a leading space
+    that only appears once the next token is known; decoding the whole suffix and emitting the
+    difference (holding back a trailing U+FFFD) gives clean deltas for every script.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self.ids: list[int] = []
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        full = self._decode(self.ids)
+        if full.endswith("\ufffd"):
+            return ""
+        delta = full[len(self.text):] if full.startswith(self.text) else full
+        self.text = full
+        return delta
+
+
+class StreamEvents:
+    """The events of one generation, shared by every backend's `stream()`.
+
+    `next(i, token)` turns the i-th sampled token into the TokenEvent to yield. An end-of-
+    generation token, or a `request.stop` string once complete (not emitted itself), ends the
+    stream with finish_reason "stop"; the last token of the budget ends it with "length". The
+    caller stops when `event.finish_reason` is set. Text deltas come from an IncrementalDecoder.
+    """
+
+    def __init__(self, request: GenerationRequest, decode: Callable[[list[int]], str], prompt_tokens: int,
+                 budget: int, is_end: Callable[[int], bool]) -> None:
+        self.request = request
+        self.decoder = IncrementalDecoder(decode)
+        self.prompt_tokens = prompt_tokens
+        self.budget = budget
+        self.is_end = is_end
+        self.emitted = ""
+
+    def cancelled(self, i: int) -> TokenEvent:
+        return TokenEvent("", i, time.perf_counter(), finish_reason="cancelled")
+
+    def next(self, i: int, token: int) -> TokenEvent:
+        now, first = time.perf_counter(), (self.prompt_tokens if i == 0 else None)
+        if self.is_end(token):
+            return TokenEvent("", i, now, token, "stop", first)
+        delta = self.decoder.push(token)
+        self.emitted += delta
+        hit = next((s for s in self.request.stop if s in self.emitted), None)
+        if hit is not None:
+            keep = delta[: max(0, len(delta) - (len(self.emitted) - self.emitted.index(hit)))]
+            return TokenEvent(keep, i, now, token, "stop", first)
+        return TokenEvent(delta, i, now, token, "length" if i == self.budget - 1 else None, first)
 
 
 def split_pair(

@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -37,6 +36,7 @@ from globmed_edge.backends.base import (
     Message,
     ScoreRequest,
     ScoreResult,
+    StreamEvents,
     TokenEvent,
     pick_token,
     process_memory,
@@ -44,7 +44,6 @@ from globmed_edge.backends.base import (
     score_groups,
 )
 from globmed_edge.backends.onnx_backend import SPECIAL_KEYS, _compile_template
-from globmed_edge.backends.transformers_backend import IncrementalDecoder
 from globmed_edge.deps import require
 from globmed_edge.errors import BackendError, ConfigError, ModelError, UnknownNameError
 
@@ -337,27 +336,19 @@ class LlamaCppBackend:
                                "(n_ctx option)")
         budget = min(request.max_new_tokens, self.n_ctx - len(ids))
         rng = np.random.default_rng(request.seed)
-        decoder = IncrementalDecoder(self.detokenize)
-        seq, emitted = list(ids), ""
+        events = StreamEvents(request, self.detokenize, len(ids), budget,
+                              lambda t: bool(llama_cpp.llama_vocab_is_eog(self._vocab, t)))
+        seq = list(ids)
         for i in range(budget):
             if cancel is not None and cancel.is_set():
-                yield TokenEvent("", i, time.perf_counter(), finish_reason="cancelled")
+                yield events.cancelled(i)
                 return
-            logits = self._advance(seq, len(seq) - 1)[-1]
-            token = pick_token(logits, request, rng)
-            now, first = time.perf_counter(), (len(ids) if i == 0 else None)
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                yield TokenEvent("", i, now, token, "stop", first)
+            token = pick_token(self._advance(seq, len(seq) - 1)[-1], request, rng)
+            event = events.next(i, token)
+            yield event
+            if event.finish_reason is not None:
                 return
             seq.append(token)
-            delta = decoder.push(token)
-            emitted += delta
-            hit = next((s for s in request.stop if s in emitted), None)
-            if hit is not None:
-                keep = delta[: max(0, len(delta) - (len(emitted) - emitted.index(hit)))]
-                yield TokenEvent(keep, i, now, token, "stop", first)
-                return
-            yield TokenEvent(delta, i, now, token, "length" if i == budget - 1 else None, first)
 
     # ------------------------------------------------------------------ scoring
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,13 +24,13 @@ from globmed_edge.backends.base import (
     Message,
     ScoreRequest,
     ScoreResult,
+    StreamEvents,
     TokenEvent,
     pick_token,
     process_memory,
     result_from_rows,
     score_groups,
 )
-from globmed_edge.backends.transformers_backend import IncrementalDecoder
 from globmed_edge.deps import require
 from globmed_edge.errors import BackendError, ModelError
 
@@ -251,31 +250,23 @@ class OnnxBackend:
         tok = self._require_loaded()
         ids = tok.encode(self.render_chat(request.messages), add_special=False)
         rng = np.random.default_rng(request.seed)
-        decoder = IncrementalDecoder(lambda t: tok.decode(t, skip_special=True))
-        block, past, past_len, emitted = np.array([ids]), None, 0, ""
+        block, past, past_len = np.array([ids]), None, 0
         budget = min(request.max_new_tokens, self._context - len(ids))
         if budget <= 0:
             raise BackendError(f"the prompt ({len(ids)} tokens) fills the context length {self._context}")
+        events = StreamEvents(request, lambda t: tok.decode(t, skip_special=True), len(ids), budget,
+                              self._eos_ids.__contains__)
         for i in range(budget):
             if cancel is not None and cancel.is_set():
-                yield TokenEvent("", i, time.perf_counter(), finish_reason="cancelled")
+                yield events.cancelled(i)
                 return
             logits, past = self._run(block, past, past_len)
             past_len += block.shape[1]
-            token = pick_token(logits[0, -1].astype(np.float32), request, rng)
-            now, first = time.perf_counter(), (len(ids) if i == 0 else None)
-            if token in self._eos_ids:
-                yield TokenEvent("", i, now, token, "stop", first)
+            event = events.next(i, pick_token(logits[0, -1].astype(np.float32), request, rng))
+            yield event
+            if event.finish_reason is not None:
                 return
-            delta = decoder.push(token)
-            emitted += delta
-            hit = next((s for s in request.stop if s in emitted), None)
-            if hit is not None:
-                keep = delta[: max(0, len(delta) - (len(emitted) - emitted.index(hit)))]
-                yield TokenEvent(keep, i, now, token, "stop", first)
-                return
-            yield TokenEvent(delta, i, now, token, "length" if i == budget - 1 else None, first)
-            block = np.array([[token]])
+            block = np.array([[event.token_id]])
 
     # ------------------------------------------------------------------ scoring
 

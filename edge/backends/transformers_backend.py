@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,6 +15,7 @@ from globmed_edge.backends.base import (
     ScoreGroup,
     ScoreRequest,
     ScoreResult,
+    StreamEvents,
     TokenEvent,
     process_memory,
     result_from_rows,
@@ -24,29 +24,6 @@ from globmed_edge.backends.base import (
 from globmed_edge.deps import require
 from globmed_edge.errors import BackendError, ModelError
 from globmed_edge.paths import force_offline
-
-
-class IncrementalDecoder:
-    """Turns a growing list of token ids into text deltas without splitting characters.
-
-    Byte-level and SentencePiece tokenizers can emit half a UTF-8 character or a leading space
-    that only appears once the next token is known; decoding the whole suffix and emitting the
-    difference (holding back a trailing U+FFFD) gives clean deltas for every script.
-    """
-
-    def __init__(self, decode: Any) -> None:
-        self._decode = decode
-        self.ids: list[int] = []
-        self.text = ""
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        full = self._decode(self.ids)
-        if full.endswith("\ufffd"):
-            return ""
-        delta = full[len(self.text):] if full.startswith(self.text) else full
-        self.text = full
-        return delta
 
 
 class TransformersBackend:
@@ -142,34 +119,22 @@ class TransformersBackend:
         prompt = self.render_chat(request.messages)
         ids = self.tokenize(prompt, add_special=False)
         gen = torch.Generator(device="cpu").manual_seed(request.seed)
-        decoder = IncrementalDecoder(lambda t: self.tokenizer.decode(t, skip_special_tokens=True))
+        events = StreamEvents(request, lambda t: self.tokenizer.decode(t, skip_special_tokens=True),
+                              len(ids), request.max_new_tokens, self._eos_ids.__contains__)
         past = None
         inp = torch.tensor([ids], device=self.device)
-        emitted = ""
         with torch.inference_mode():
             for i in range(request.max_new_tokens):
                 if cancel is not None and cancel.is_set():
-                    yield TokenEvent("", i, time.perf_counter(), finish_reason="cancelled")
+                    yield events.cancelled(i)
                     return
                 out = self.model(input_ids=inp, past_key_values=past, use_cache=True)
                 past = out.past_key_values
-                logits = out.logits[0, -1].float()
-                token = self._pick(logits, request, gen, torch)
-                now = time.perf_counter()
-                first = len(ids) if i == 0 else None
-                if token in self._eos_ids:
-                    yield TokenEvent("", i, now, token, "stop", first)
+                token = self._pick(out.logits[0, -1].float(), request, gen, torch)
+                event = events.next(i, token)
+                yield event
+                if event.finish_reason is not None:
                     return
-                delta = decoder.push(token)
-                emitted += delta
-                hit = next((s for s in request.stop if s in emitted), None)
-                if hit is not None:
-                    cut = emitted.index(hit)
-                    keep = delta[: max(0, len(delta) - (len(emitted) - cut))]
-                    yield TokenEvent(keep, i, now, token, "stop", first)
-                    return
-                last = i == request.max_new_tokens - 1
-                yield TokenEvent(delta, i, now, token, "length" if last else None, first)
                 inp = torch.tensor([[token]], device=self.device)
 
     @staticmethod
