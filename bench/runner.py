@@ -75,7 +75,10 @@ def build_info(path: str | Path) -> BuildInfo:
     if (p / "config.json").is_file():
         cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
         quant = str(cfg.get("dtype") or cfg.get("torch_dtype") or "unknown")
-    return BuildInfo(p.stem if p.is_file() else p.name, str(p), fmt, quant, sum(f.stat().st_size for f in files))
+    name = p.stem if p.is_file() else p.name
+    if (p / "training_card.json").is_file() and p.parent.name:
+        name = f"{p.parent.name}-{p.name}"  # runs/gemma-lora/merged -> gemma-lora-merged
+    return BuildInfo(name, str(p), fmt, quant, sum(f.stat().st_size for f in files))
 
 
 def run_loglik(backend: Any, items: Sequence[MCQItem], shots: Sequence[MCQItem], *,

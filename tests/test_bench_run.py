@@ -251,3 +251,16 @@ def test_chart_labels_drop_the_shared_prefix() -> None:
                                   "smollm2-135m-instruct-onnx-int4": "onnx-int4"}
     assert short_names(["a-x", "b-x"]) == {"a-x": "a-x", "b-x": "b-x"}
     assert short_names(["only-one"]) == {"only-one": "only-one"}
+
+
+def test_a_training_output_is_named_after_its_run(tmp_path: Path) -> None:
+    from globmed_edge.bench.runner import build_info
+
+    merged = tmp_path / "gemma-lora" / "merged"
+    merged.mkdir(parents=True)
+    (merged / "config.json").write_text(json.dumps({"architectures": ["Gemma3ForCausalLM"], "dtype": "bfloat16"}))
+    (merged / "model.safetensors").write_bytes(b"\0" * 8)
+    plain = build_info(merged)
+    assert plain.name == "merged" and plain.quantization == "bfloat16" and plain.size_bytes == 8
+    (merged / "training_card.json").write_text("{}")
+    assert build_info(merged).name == "gemma-lora-merged"
