@@ -472,3 +472,59 @@ def test_sliding_window_model_reuses_any_prefix(tiny_gemma3):
         for b in (be, fresh, ref):
             b.close()
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("physical,logical,busy,want", [
+    (2, 2, None, 2), (2, 2, 0, 2), (2, 2, 1, 1), (2, 2, 5, 1), (4, 8, 1, 3), (4, 8, 3, 2), (4, 4, 2, 2), (1, 1, 3, 1),
+])
+def test_auto_threads_leaves_busy_cores_alone(physical, logical, busy, want):
+    from globmed_edge.backends.llamacpp_backend import auto_threads
+
+    assert auto_threads(physical, logical, busy) == want
+
+
+def test_other_running_tasks_sees_a_busy_process():
+    import subprocess
+    import sys
+    import time
+
+    from globmed_edge.backends.llamacpp_backend import other_running_tasks
+
+    if other_running_tasks() is None:
+        pytest.skip("needs /proc/loadavg (Linux)")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert (other_running_tasks() or 0) >= 1
+    finally:
+        spinner.kill()
+
+
+def test_threads_auto_adapts_before_each_answer(smollm2_gguf, monkeypatch):
+    import globmed_edge.backends.llamacpp_backend as lb
+    from globmed_edge.backends.llamacpp_backend import LlamaCppBackend
+
+    with pytest.raises(ConfigError, match="threads='many': must be a positive integer or 'auto'"):
+        LlamaCppBackend(smollm2_gguf, threads="many")
+    be = LlamaCppBackend(smollm2_gguf, threads="auto", n_ctx=256)
+    be.load()
+    try:
+        monkeypatch.setattr(lb, "physical_cores", lambda: 2)
+        monkeypatch.setattr(lb, "other_running_tasks", lambda: 1)
+        req = GenerationRequest.from_text("Hello", max_new_tokens=3)
+        first = _text(be.stream(req))
+        assert be.current_threads == 1
+        monkeypatch.setattr(lb, "other_running_tasks", lambda: 0)
+        assert _text(be.stream(req)) == first and be.current_threads == 2
+    finally:
+        be.close()
+
+
+def test_chat_opens_gguf_builds_with_auto_threads(smollm2_gguf, tmp_path):
+    from globmed_edge.tui.loader import default_factory
+
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "model.gguf").symlink_to(smollm2_gguf)
+    be = default_factory(build)
+    assert be.name == "llamacpp" and be.auto_threads

@@ -17,13 +17,17 @@ def resolve_build(arg: str | Path) -> Path:
 
 
 def default_factory(path: Path) -> Any:
-    """Verify the build (every file re-hashed against manifest.json), then construct its backend."""
-    from globmed_edge.backends import open_backend
+    """Verify the build (every file re-hashed against manifest.json), then construct its backend.
+
+    A GGUF build gets `threads="auto"`: before each answer llama.cpp uses the physical cores
+    that other programs leave free (on a busy 2-core laptop, 2 threads can decode 3x slower
+    than 1; docs/backends.md, "Threads")."""
+    from globmed_edge.backends import detect_format, open_backend
     from globmed_edge.manifest import MANIFEST, require_valid_build
 
     if (path / MANIFEST).is_file():
         require_valid_build(path)
-    return open_backend(path)
+    return open_backend(path, **({"threads": "auto"} if detect_format(path) == "gguf" else {}))
 
 
 def load_backend(path: Path, factory: BackendFactory | None = None) -> Any:

@@ -16,10 +16,12 @@ llama.cpp's log output is routed to this module's logger at DEBUG level.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.util
 import logging
+import math
 import os
 import re
 import threading
@@ -96,6 +98,44 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
+def other_running_tasks(samples: int = 5) -> int | None:
+    """Runnable threads of other processes right now (Linux; None elsewhere).
+
+    /proc/loadavg's running count minus this process's own running threads, sampled `samples`
+    times 1 ms apart; the minimum, so that a momentary burst does not count as load.
+    """
+    import time
+
+    if not os.path.isfile("/proc/loadavg"):
+        return None
+    seen = []
+    for i in range(samples):
+        try:
+            running = int(Path("/proc/loadavg").read_text(encoding="ascii").split()[3].split("/")[0])
+            own = 0
+            for task in os.scandir("/proc/self/task"):
+                with contextlib.suppress(OSError), open(f"{task.path}/stat", encoding="ascii") as f:
+                    own += f.read().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, ValueError, IndexError):
+            return None
+        seen.append(max(0, running - own))
+        if i < samples - 1:
+            time.sleep(0.001)
+    return min(seen)
+
+
+def auto_threads(physical: int, logical: int, busy: int | None) -> int:
+    """Threads for the next generation: the physical cores that other work leaves free.
+
+    llama.cpp's threads wait for each other at every step, so one thread that shares its core
+    with another program slows them all: on 2 cores with one busy process, 2 threads decoded
+    31-34 tokens/s and 1 thread 82-87 (bench/perf/llamacpp_under_load.py).
+    """
+    if not busy:
+        return physical
+    return max(1, physical - math.ceil(busy * physical / max(logical, physical)))
+
+
 class _Capabilities:
     """`capabilities` as data; "cuda" appears only when this llama.cpp build can offload."""
 
@@ -107,7 +147,7 @@ class LlamaCppBackend:
     name: ClassVar[str] = "llamacpp"
     capabilities: ClassVar[Capabilities] = _Capabilities()  # type: ignore[assignment]
 
-    def __init__(self, path: str | Path, *, device: str = "cpu", threads: int | None = None,
+    def __init__(self, path: str | Path, *, device: str = "cpu", threads: int | str | None = None,
                  n_ctx: int | None = None, context_length: int | None = None, n_batch: int = 512,
                  n_gpu_layers: int | None = None, verify: bool = True, seed: int = 0,
                  **unknown: Any) -> None:
@@ -118,11 +158,18 @@ class LlamaCppBackend:
         if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
             raise ConfigError(f"device {device!r}: the llamacpp backend runs on 'cpu', 'cuda' or 'cuda:N'")
         self.main_gpu = int(device.partition(":")[2] or 0)
+        if threads == "auto":
+            self.auto_threads, threads = True, None
+        elif isinstance(threads, str):
+            raise ConfigError(f"threads={threads!r}: must be a positive integer or 'auto'")
+        else:
+            self.auto_threads = False
         for key, value in (("threads", threads), ("n_ctx", n_ctx or context_length), ("n_batch", n_batch)):
             if value is not None and int(value) < 1:
                 raise ConfigError(f"{key}={value}: must be a positive integer")
         self.path = Path(path)
         self.threads = threads
+        self.current_threads = 0  # what llama.cpp uses now (set by load(), changed by "auto")
         self.n_ctx = int(n_ctx or context_length or DEFAULT_CONTEXT)
         self.n_batch = int(n_batch)
         # device="cuda" offloads every layer unless n_gpu_layers says otherwise (-1 = all).
@@ -173,6 +220,7 @@ class LlamaCppBackend:
         _route_logs(llama_cpp)
         _errors.clear()
         threads = int(self.threads or physical_cores())
+        self.current_threads = threads
         try:
             llm = llama_cpp.Llama(
                 model_path=str(self.model_file), n_ctx=self.n_ctx, n_batch=self.n_batch,
@@ -207,6 +255,18 @@ class LlamaCppBackend:
         if self._finalizer is not None:
             self._finalizer()  # runs llm.close() once
             self._finalizer = None
+
+    def _adapt_threads(self) -> None:
+        """threads="auto": before each generation, use the physical cores other work leaves free."""
+        import llama_cpp
+
+        llm = self._require_loaded()
+        n = auto_threads(physical_cores(), os.cpu_count() or 1, other_running_tasks())
+        if n != self.current_threads:
+            with self._lock:
+                llama_cpp.llama_set_n_threads(llm.ctx, n, n)
+            log.debug("threads %d -> %d (other work on the CPU)", self.current_threads, n)
+            self.current_threads = n
 
     def reset_cache(self) -> None:
         """Forget the KV cache, so the next call evaluates its whole prompt (benchmarks of TTFT
@@ -335,6 +395,8 @@ class LlamaCppBackend:
             raise BackendError(f"the prompt ({len(ids)} tokens) fills the context length {self.n_ctx} "
                                "(n_ctx option)")
         budget = min(request.max_new_tokens, self.n_ctx - len(ids))
+        if self.auto_threads:
+            self._adapt_threads()
         rng = np.random.default_rng(request.seed)
         events = StreamEvents(request, self.detokenize, len(ids), budget,
                               lambda t: bool(llama_cpp.llama_vocab_is_eog(self._vocab, t)))
