@@ -37,7 +37,10 @@ CARRY = ("generation_config.json", "special_tokens_map.json", "NOTICE", "LICENSE
 
 # Measured drift against transformers fp32 (mean KL of the next-token distribution / top-1
 # agreement over 182 multilingual probe positions): fp32 ~1e-11 / 100%; fp16 ~3e-7 / 99.5%
-# (tiny random model); int8 (accuracy_level 1) 2.8e-3 / 98.9% on SmolLM2-135M; int4 3.7e-2 /
+# (tiny random model); int8 8.6e-3 / 92.7% on SmolLM2-135M with int8 activations (accuracy_level
+# 4, the default: 96 tokens/s on 2 CPU cores) and 2.5e-3 / 97.9% with fp32 compute (accuracy_level
+# 1, which onnxruntime 1.32 runs through a slow path: 4.9 tokens/s; bench/perf/onnx_int8_levels.py);
+# int4 3.7e-2 /
 # 43% on the tiny random model and 0.56 / 47% on SmolLM2-135M (a 135M model with a 49k
 # vocabulary whose tied embedding is also int4). Thresholds sit above those with a margin;
 # int4 on very small models is lossy and the threshold says so rather than hiding it.
@@ -46,9 +49,9 @@ QUANTIZATIONS: dict[str, QuantSpec] = {
                       ParityThresholds(min_top1_agreement=0.99, max_mean_kl=1e-3)),
     "fp16": QuantSpec("fp16", 16.0, "for GPUs (CUDA provider, needs onnxruntime-gpu); not for CPU",
                       ParityThresholds(min_top1_agreement=0.97, max_mean_kl=5e-3)),
-    "int8": QuantSpec("int8", 8.0, "int8 weight-only (MatMulNBits, block 32): half of fp16, "
-                      "near-lossless on CPU laptops",
-                      ParityThresholds(min_top1_agreement=0.95, max_mean_kl=2e-2)),
+    "int8": QuantSpec("int8", 8.0, "int8 weights and activations (MatMulNBits, block 32): half of "
+                      "fp16, small loss, fast on CPU laptops",
+                      ParityThresholds(min_top1_agreement=0.90, max_mean_kl=3e-2)),
     "int4": QuantSpec("int4", 4.0, "int4 weight-only (MatMulNBits, block 32) incl. the embedding: "
                       "smallest and fastest, lossy on models under ~1B parameters",
                       ParityThresholds(min_top1_agreement=0.40, max_mean_kl=1.0)),
@@ -91,9 +94,10 @@ class ONNXExporter:
             block = int(opts.get("block_size", 32))
             if block not in (16, 32, 64, 128, 256):
                 raise ConfigError(f"ONNX block_size {block} is not one of 16, 32, 64, 128, 256")
-            # int8 with int8 activations (accuracy_level 4, the builder's CPU default) fell
-            # from 98.9% to 94.5% top-1 agreement on SmolLM2-135M; int4 did not change.
-            level = int(opts.get("accuracy_level", 1 if q == "int8" else 4))
+            # accuracy_level 4 (int8 activations, the builder's CPU default) for both: for int8
+            # it costs top-1 agreement (97.9% -> 92.7% on SmolLM2-135M), but level 1 decoded at
+            # 4.9 tokens/s against 96 (bench/perf/onnx_int8_levels.py).
+            level = int(opts.get("accuracy_level", 4))
             if level not in (0, 1, 2, 3, 4):
                 raise ConfigError(f"ONNX accuracy_level {level} is not one of 0-4")
             extra += [f"block_size={block}", f"accuracy_level={level}"]

@@ -37,7 +37,9 @@ def test_builder_args(tmp_path):
     ex = ONNXExporter()
     args = ex.builder_args(_request(tmp_path, "int8"), tmp_path / "c")
     assert args[args.index("-p") + 1] == "int8" and args[args.index("-e") + 1] == "cpu"
-    assert "accuracy_level=1" in args and "block_size=32" in args and "hf_token=false" in args
+    assert "accuracy_level=4" in args and "block_size=32" in args and "hf_token=false" in args
+    args = ex.builder_args(_request(tmp_path, "int8", accuracy_level=1), tmp_path / "c")
+    assert "accuracy_level=1" in args
     args = ex.builder_args(_request(tmp_path, "int4", block_size=64, algo="k_quant"), tmp_path / "c")
     assert "block_size=64" in args and "algo_config=k_quant" in args and "accuracy_level=4" in args
     assert ex.builder_args(_request(tmp_path, "fp16"), tmp_path / "c")[-4:-2] == ["-c", str(tmp_path / "c")]
