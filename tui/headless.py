@@ -46,9 +46,9 @@ def run_prompt(build: Path, prompt: str, *, lang: str = "en", max_new_tokens: in
             failure.append(exc)
         result.append(stats)
 
-    # Generate in a worker thread, as the app does, so both modes run the backend alike (on the
-    # loaded development machine torch decoded slower from the main thread; see
-    # bench/perf/tui_overhead.py, which prints both). Ctrl+C cancels cleanly between tokens.
+    # Generate in a short-lived worker thread, as the app does: the main thread never decodes
+    # (llama.cpp decodes ~40% slower from any thread while another that used it is alive; see
+    # docs/backends.md, "Threads"), and Ctrl+C cancels cleanly between tokens.
     worker = threading.Thread(target=generate, name="globmed-generate", daemon=True)
     try:
         worker.start()

@@ -197,19 +197,20 @@ class TransformersBackend:
         ids = torch.zeros((len(groups), width), dtype=torch.long)
         pos = torch.zeros((len(groups), width), dtype=torch.long)
         seg = torch.full((len(groups), width), -1, dtype=torch.long)  # -1 padding, 0 prefix, j+1 option j
-        wanted: list[tuple[int, list[int]]] = []  # per continuation: (row, packed index predicting each token)
+        # per continuation: (row, packed index predicting each of its tokens, its tokens, tokens skipped)
+        wanted: list[tuple[int, list[int], list[int], int]] = []
         for b, g in enumerate(groups):
             p = len(g.prefix)
             ids[b, :p] = torch.tensor(g.prefix)
             pos[b, :p] = torch.arange(p)
             seg[b, :p] = 0
             at = p
-            for j, cont in enumerate(g.continuations):
+            for j, (cont, skip) in enumerate(zip(g.continuations, g.skip, strict=True)):
                 body = cont[:-1]
                 ids[b, at: at + len(body)] = torch.tensor(body, dtype=torch.long)
                 pos[b, at: at + len(body)] = torch.arange(p, p + len(body))
                 seg[b, at: at + len(body)] = j + 1
-                wanted.append((b, [p - 1, *range(at, at + len(body))]))
+                wanted.append((b, [p - 1, *range(at, at + len(body))], cont, skip))
                 at += len(body)
         dtype = self.model.dtype
         allowed = torch.tril(torch.ones((width, width), dtype=torch.bool))[None] & (
@@ -228,18 +229,14 @@ class TransformersBackend:
             use_cache=False, logits_to_keep=width - first,
         )
         logits = out.logits
-        rows = torch.tensor([b for b, idx in wanted for _ in idx], device=self.device)
-        cols = torch.tensor([i - first for _, idx in wanted for i in idx], device=self.device)
+        rows = torch.tensor([b for b, idx, _, _ in wanted for _ in idx], device=self.device)
+        cols = torch.tensor([i - first for _, idx, _, _ in wanted for i in idx], device=self.device)
         logp = torch.log_softmax(logits[rows, cols].float(), dim=-1).cpu().numpy()
         scored: list[list[ScoreResult]] = [[] for _ in groups]
         at = 0
-        k = 0
-        for g_index, g in enumerate(groups):
-            for cont, skip in zip(g.continuations, g.skip, strict=True):
-                n = len(wanted[k][1])
-                scored[g_index].append(result_from_rows(logp[at: at + n], cont, skip))
-                at += n
-                k += 1
+        for b, idx, cont, skip in wanted:
+            scored[b].append(result_from_rows(logp[at: at + len(idx)], cont, skip))
+            at += len(idx)
         return scored
 
     def logprobs(self, token_ids: Sequence[int]) -> Any:
