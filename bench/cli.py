@@ -16,11 +16,29 @@ def bench() -> None:
     \b
     globmed-edge bench run BUILD... --data PATH... --out results.jsonl
     globmed-edge bench report results.jsonl... --out report/
+    globmed-edge bench recommend --results results.jsonl... --ram 4 --langs sw,en
     """
 
 
 def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(v.strip() for raw in values for v in raw.split(",") if v.strip())
+
+
+class Threads(click.ParamType):
+    """A positive thread count or "auto" (the chat app's policy)."""
+
+    name = "N|auto"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or str(value).strip().lower() == "auto":
+            return value if isinstance(value, int) else "auto"
+        try:
+            n = int(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is neither a positive integer nor 'auto'", param, ctx)
+        if n < 1:
+            self.fail(f"{n} must be at least 1 (or 'auto')", param, ctx)
+        return n
 
 
 @bench.command("run")
@@ -44,7 +62,12 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
               help="Also time prefill/decode/TTFT/peak memory (each build in its own process).")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed throughput runs (after one warm-up).")
 @click.option("--new-tokens", type=int, default=64, show_default=True, help="Tokens generated per throughput run.")
-@click.option("--threads", type=int, default=None, help="CPU threads for the backends (default: runtime's own).")
+@click.option("--threads", type=Threads(), default=None,
+              help="CPU threads: N, or 'auto' for what the chat gets (llama.cpp re-picks the free physical "
+                   "cores before each generation; other runtimes use their default). Default: runtime's own.")
+@click.option("--long-context/--no-long-context", default=False, show_default=True,
+              help="Throughput: also one generation after a conversation that fills the chat's context, "
+                   "recording its peak memory (checks the KV-cache estimate of the recommendation).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-items", type=int, default=DEFAULT_BATCH_ITEMS, show_default=True,
               help="Items handed to the backend per scoring call (it packs them into forward passes).")
@@ -52,8 +75,8 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
               show_default=True, help="Results file (JSON lines); records already there are skipped.")
 def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str, ...], datasets: tuple[str, ...],
             split: str, limit: int | None, seed: int, shots: int, mode: str, reference: str | None,
-            throughput: bool, repeats: int, new_tokens: int, threads: int | None, device: str,
-            batch_items: int, out: Path) -> None:
+            throughput: bool, repeats: int, new_tokens: int, threads: int | str | None, long_context: bool,
+            device: str, batch_items: int, out: Path) -> None:
     """Score BUILD... (model folders, build folders or .gguf files) and append records to --out."""
     from globmed_edge.bench.runner import RunConfig, run_bench
     from globmed_edge.bench.tasks import TaskSpec, default_sources
@@ -66,7 +89,7 @@ def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str,
                     datasets=_split_csv(datasets), split=split, limit=limit, shots=shots, mode=mode, seed=seed)
     cfg = RunConfig(builds=resolved, task=task, out=str(out), device=device, threads=threads, reference=ref,
                     throughput=throughput, repeats=repeats, new_tokens=new_tokens, batch_items=batch_items,
-                    progress=progress_enabled())
+                    long_context=long_context, progress=progress_enabled())
     results = run_bench(cfg, log=lambda m: click.echo(m, err=True))
     click.echo(f"{len(results.records)} records in {out}")
 
@@ -79,11 +102,55 @@ def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str,
               "(default: the reference of the drift records, if any).")
 @click.option("--headroom-gb", type=float, default=1.5, show_default=True,
               help="RAM kept free for the OS and the chat app when recommending a build per RAM tier.")
+@click.option("--margin", type=float, default=2.0, show_default=True,
+              help="Non-inferiority margin in accuracy points (per language, against the reference).")
 @click.option("--charts/--no-charts", default=True, show_default=True, help="Draw PNG charts (needs matplotlib).")
-def report_cmd(results: tuple[Path, ...], out: Path, reference: str | None, headroom_gb: float, charts: bool) -> None:
+def report_cmd(results: tuple[Path, ...], out: Path, reference: str | None, headroom_gb: float, margin: float,
+               charts: bool) -> None:
     """Merge RESULTS files (from any machines) into an HTML + Markdown + PNG report."""
     from globmed_edge.bench.report import write_report
 
-    paths = write_report(list(results), out, reference=reference, headroom_gb=headroom_gb, charts=charts)
+    paths = write_report(list(results), out, reference=reference, headroom_gb=headroom_gb, margin=margin,
+                         charts=charts)
     for p in paths:
         click.echo(str(p))
+
+
+@bench.command("recommend")
+@click.argument("more", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="[FILE...]")
+@click.option("--results", "results", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="FILE", help="Results file(s) from bench run (repeatable; more files may follow as arguments).")
+@click.option("--ram", "ram_gb", type=float, required=True, help="The laptop's RAM in GB (GiB), e.g. 4, 8, 16.")
+@click.option("--langs", multiple=True, metavar="CODES",
+              help="Languages the clinic needs, e.g. sw,en (default: every language in the records).")
+@click.option("--margin", type=float, default=2.0, show_default=True,
+              help="Non-inferiority margin in accuracy points (per language, against the reference).")
+@click.option("--headroom-gb", type=float, default=1.5, show_default=True,
+              help="RAM kept free for the OS and the chat app.")
+@click.option("--reference", default=None, metavar="BUILD",
+              help="Reference build name (default: the drift records' reference, or the one unquantized build).")
+@click.option("--task", default=None, help="Task to decide on (default: the CPU one, e.g. mcq-loglik-0shot).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole decision as JSON.")
+def recommend_cmd(more: tuple[Path, ...], results: tuple[Path, ...], ram_gb: float, langs: tuple[str, ...],
+                  margin: float, headroom_gb: float, reference: str | None, task: str | None, as_json: bool) -> None:
+    """The build to ship to one clinic: its RAM and its languages, one line of reasoning per build."""
+    import json
+
+    from globmed_edge.bench.recommend import recommend
+    from globmed_edge.bench.records import merge
+    from globmed_edge.errors import ConfigError
+
+    files = [*results, *more]
+    if not files:
+        raise ConfigError("no results file: pass --results FILE (from bench run)")
+    rec = recommend(merge(files), ram_gb=ram_gb, langs=_split_csv(langs) or None, margin=margin,
+                    headroom_gb=headroom_gb, reference=reference, task=task)
+    if as_json:
+        click.echo(json.dumps(rec.to_json(), ensure_ascii=False, indent=2, allow_nan=False))
+        return
+    click.echo(f"{ram_gb:g} GiB, languages {', '.join(rec.langs)} (margin {margin:g} points against "
+               f"{rec.reference}, {rec.task}):")
+    click.echo(f"recommended: {rec.choice or 'none'}" + (f" (least bad: {rec.least_bad})" if rec.least_bad else ""))
+    click.echo(f"  {rec.summary}")
+    for line in rec.reasons():
+        click.echo(f"- {line}")

@@ -6,7 +6,13 @@ Record types (field `type`), each with `schema_version`:
                95% CI, extraction failures (generate mode) and the per-item predictions and
                option log-likelihoods that drift and every report number are re-derived from.
 * `drift`      one build x reference x device x task x language (computed from two accuracy records).
-* `throughput` one build x device: prefill/decode tokens/s, TTFT, peak memory, hardware profile.
+* `throughput` one build x device x thread policy: prefill/decode tokens/s, TTFT, peak memory,
+               the machine's load during the timed runs, the model's KV-cache shape and the chat's
+               context length (for the memory estimate), optionally a long-conversation run's
+               peak memory, and the hardware profile.
+
+Schema 2 added optional fields (the build's parity summary; throughput load, KV shape and the
+long run); schema 1 records still read, with those fields empty.
 
 `ResultsFile.append` writes one line, flushes and fsyncs it, so a killed run loses at most the
 record being written. Reading skips a truncated (unterminated, undecodable) last line and keeps
@@ -24,7 +30,8 @@ from typing import Any, ClassVar
 
 from globmed_edge.errors import DataError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,9 @@ class BuildInfo:
     quantization: str
     size_bytes: int
     bits_per_weight: float | None = None
+    parity_passed: bool | None = None  # the exporter's parity check against the source (manifest)
+    parity_top1: float | None = None
+    parity_mean_kl: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,7 @@ class ThroughputRecord:
     type: ClassVar[str] = "throughput"
     build: BuildInfo
     device: str
-    threads: int | None
+    threads: int | str | None  # a count, "auto" (the chat's policy) or None (the runtime's default)
     prompt_tokens: int
     new_tokens: int
     repeats: int
@@ -115,6 +125,12 @@ class ThroughputRecord:
     cuda_reserved_bytes: int | None = None
     runs: tuple[dict[str, float], ...] = ()  # every repeat, for the medians to be re-derived
     hardware: dict[str, Any] = field(default_factory=dict)
+    load: dict[str, float] = field(default_factory=dict)  # other programs' CPU use during the timed runs
+    context_tokens: int | None = None  # the context length the chat opens this build with
+    kv_bytes_per_token: int | None = None  # K and V of every layer for one token
+    kv_preallocated: bool | None = None  # True: the runtime allocates (and touches) the whole KV cache at load
+    long_prompt_tokens: int | None = None  # the long-conversation run (--long-context)
+    long_peak_rss_bytes: int | None = None
     host: str = ""
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -143,19 +159,26 @@ def from_dict(data: Any, where: str = "record") -> Record:
     kind = data.get("type")
     if kind not in RECORD_TYPES:
         raise DataError(f"{where}: unknown record type {kind!r} (known: {', '.join(RECORD_TYPES)})")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    if data.get("schema_version") not in READABLE_VERSIONS:
         raise DataError(f"{where}: schema_version {data.get('schema_version')!r} is not supported "
-                        f"(expected {SCHEMA_VERSION})")
+                        f"(readable: {', '.join(map(str, READABLE_VERSIONS))})")
     cls = RECORD_TYPES[kind]
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known - {"type"})
     if unknown:
         raise DataError(f"{where}: unknown key(s) {', '.join(unknown)} in a {kind} record")
-    kwargs = {k: (v if k in ("hardware",) else _tuples(v)) for k, v in data.items() if k != "type"}
+    kwargs = {k: (v if k in ("hardware", "load") else _tuples(v)) for k, v in data.items() if k != "type"}
     if kind == "throughput":
         kwargs["runs"] = tuple(dict(r) for r in data.get("runs", []))
     if "build" in kwargs and isinstance(data["build"], dict):
-        kwargs["build"] = BuildInfo(**data["build"])
+        build_keys = {f.name for f in fields(BuildInfo)}
+        bad = sorted(set(data["build"]) - build_keys)
+        if bad:
+            raise DataError(f"{where}: unknown key(s) {', '.join(bad)} in the build of a {kind} record")
+        try:
+            kwargs["build"] = BuildInfo(**data["build"])
+        except TypeError as exc:
+            raise DataError(f"{where}: bad build in a {kind} record ({exc})") from None
     try:
         return cls(**kwargs)  # type: ignore[no-any-return]
     except TypeError as exc:

@@ -36,9 +36,10 @@ class RunConfig:
     task: TaskSpec
     out: str
     device: str = "cpu"
-    threads: int | None = None
+    threads: int | str | None = None  # "auto": the chat app's policy (see throughput.chat_threads)
     reference: str | None = None
     throughput: bool = False
+    long_context: bool = False  # throughput: also one run at the chat's full context (peak memory)
     repeats: int = 3
     new_tokens: int = 64
     batch_items: int = DEFAULT_BATCH_ITEMS
@@ -68,7 +69,9 @@ def build_info(path: str | Path) -> BuildInfo:
         from globmed_edge.manifest import load_manifest
 
         m = load_manifest(p)
-        return BuildInfo(m.name, str(p), m.format, m.quantization, m.size_bytes, m.bits_per_weight)
+        par = m.parity or {}
+        return BuildInfo(m.name, str(p), m.format, m.quantization, m.size_bytes, m.bits_per_weight,
+                         par.get("passed"), par.get("top1_agreement"), par.get("mean_kl"))
     fmt = detect_format(p)
     files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)]
     quant = "unknown"
@@ -127,7 +130,9 @@ def bench_build(cfg: RunConfig, build: str, data: TaskData | None = None,
     if not todo:
         return 0
     task = TASKS.load(MODES[cfg.task.mode])
-    backend = open_backend(build, device=cfg.device, threads=cfg.threads)
+    from globmed_edge.bench.throughput import chat_threads
+
+    backend = open_backend(build, device=cfg.device, threads=chat_threads(build, cfg.threads))
     backend.load()
     written = 0
     try:
@@ -155,8 +160,9 @@ def throughput_record(cfg: RunConfig, build: str) -> ThroughputRecord:
     from globmed_edge.bench.throughput import ThroughputSpec, measure
 
     info = build_info(build)
-    res = measure(ThroughputSpec(build, cfg.device, cfg.threads, cfg.repeats, cfg.new_tokens))
-    med, mem = res["median"], res["memory"]
+    res = measure(ThroughputSpec(build, cfg.device, cfg.threads, cfg.repeats, cfg.new_tokens,
+                                 long_context=cfg.long_context))
+    med, mem, shape, long = res["median"], res["memory"], res.get("kv", {}), res.get("long", {})
     return ThroughputRecord(
         build=info, device=cfg.device, threads=cfg.threads, prompt_tokens=int(med["prompt_tokens"]),
         new_tokens=int(med["new_tokens"]), repeats=cfg.repeats,
@@ -164,7 +170,10 @@ def throughput_record(cfg: RunConfig, build: str) -> ThroughputRecord:
         ttft_s=med["ttft_s"], peak_rss_bytes=int(mem["peak_rss_bytes"]),
         cuda_peak_allocated_bytes=mem.get("cuda_peak_allocated_bytes"),
         cuda_reserved_bytes=mem.get("cuda_reserved_bytes"), runs=tuple(res["runs"]),
-        hardware=res["hardware"], host=platform.node(), created_at=now())
+        hardware=res["hardware"], load=res.get("load", {}), context_tokens=shape.get("context_tokens"),
+        kv_bytes_per_token=shape.get("kv_bytes_per_token"), kv_preallocated=shape.get("kv_preallocated"),
+        long_prompt_tokens=long.get("prompt_tokens"), long_peak_rss_bytes=long.get("peak_rss_bytes"),
+        host=platform.node(), created_at=now())
 
 
 def run_bench(cfg: RunConfig, log: Callable[[str], None] = print) -> ResultsFile:

@@ -1,4 +1,6 @@
-"""Numbers a report shows, computed only from records (so every one can be re-derived)."""
+"""Numbers a report shows, computed only from records (so every one can be re-derived).
+
+The recommendation (which build for which clinic) lives in recommend.py."""
 
 from __future__ import annotations
 
@@ -16,8 +18,6 @@ from globmed_edge.bench.records import (
 from globmed_edge.bench.stats import macro
 from globmed_edge.languages import lookup
 
-GB = 1024**3
-
 
 @dataclass(frozen=True)
 class BuildSummary:
@@ -31,13 +31,6 @@ class BuildSummary:
     high_resource_accuracy: float
     n: int
     extraction_failure_rate: float | None
-
-
-@dataclass(frozen=True)
-class TierChoice:
-    ram_gb: int
-    choice: str | None
-    reasons: tuple[str, ...]
 
 
 def accuracy_records(records: Sequence[Record]) -> list[AccuracyRecord]:
@@ -82,40 +75,6 @@ def throughputs(records: Sequence[Record]) -> list[ThroughputRecord]:
 def drifts(records: Sequence[Record]) -> list[DriftRecord]:
     return sorted((r for r in records if isinstance(r, DriftRecord)),
                   key=lambda r: (r.task, r.device, r.reference, r.build, r.lang))
-
-
-def recommend(records: Sequence[Record], tiers: Sequence[int] = (4, 8, 16), *,
-              headroom_gb: float = 1.5) -> list[TierChoice]:
-    """Per RAM tier: the most accurate build whose measured CPU peak RSS + headroom fits."""
-    tasks = groups(records)
-    task = next((t for t, d in tasks if d == "cpu"), tasks[0][0] if tasks else None)
-    summaries = {s.build.name: s for s in summarise(records, task, "cpu")} if task else {}
-    if task and not summaries:
-        summaries = {s.build.name: s for d in {d for t, d in tasks if t == task} for s in summarise(records, task, d)}
-    rss = {r.build.name: r.peak_rss_bytes for r in throughputs(records) if r.device == "cpu"}
-    out = []
-    for tier in tiers:
-        reasons: list[str] = []
-        fits: list[BuildSummary] = []
-        for name, s in sorted(summaries.items()):
-            if name not in rss:
-                reasons.append(f"{name}: no CPU throughput record, peak memory unknown -> not considered")
-                continue
-            need = rss[name] / GB + headroom_gb
-            if need <= tier:
-                fits.append(s)
-                reasons.append(f"{name}: peak RSS {rss[name] / GB:.2f} GiB + {headroom_gb:g} GiB headroom = "
-                               f"{need:.2f} GiB <= {tier} GiB, macro accuracy {s.macro_accuracy:.3f}")
-            else:
-                reasons.append(f"{name}: needs {need:.2f} GiB > {tier} GiB -> does not fit")
-        best = max(fits, key=lambda s: (s.macro_accuracy, -rss[s.build.name]), default=None)
-        if best is not None:
-            reasons.append(f"chosen: {best.build.name} (highest macro accuracy on {task} among builds that fit; "
-                           f"ties go to the smaller peak RSS)")
-        else:
-            reasons.append("no benched build fits this tier")
-        out.append(TierChoice(tier, best.build.name if best else None, tuple(reasons)))
-    return out
 
 
 def fmt_pct(x: float | None) -> str:

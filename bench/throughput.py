@@ -14,16 +14,33 @@ Definitions (per repeat; the record holds the medians and every repeat):
 * decode tokens/s = (tokens streamed - 1) / (time of last token - time of first token);
 * peak RSS = the child's maximum resident set (ru_maxrss; it counts mmapped weight pages that
   were touched), CUDA: peak allocated and reserved bytes from torch.
+
+Threads: `threads="auto"` measures what the chat app gets: GGUF builds open with llama.cpp's
+"auto" policy (the physical cores other programs leave free, re-read before each generation),
+the other runtimes with their own default, exactly as `tui/loader.py` opens them. The threads
+each run used are recorded with it.
+
+Machine load: the CPU time other processes used during the timed runs, as a share of all the
+machine's CPUs (`load["other_cpu_share"]`, from /proc/stat-style totals minus this process's own
+CPU time), and the 1-minute load average before and after.
+
+Memory in the chat: the model's KV-cache bytes per token and the context length the chat opens
+the build with are recorded (`kv_shape`), so a report can add the KV cache of a full
+conversation to the peak RSS measured here on a short prompt; `long_context=True` also runs one
+generation after a conversation that fills that context and records its peak RSS, to check the
+estimate.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from globmed_edge.errors import BackendError
@@ -44,10 +61,149 @@ MARK = "GLOBMED_THROUGHPUT_JSON "
 class ThroughputSpec:
     path: str
     device: str = "cpu"
-    threads: int | None = None
+    threads: int | str | None = None
     repeats: int = 3
     new_tokens: int = 64
     backend: str | None = None
+    long_context: bool = False
+
+
+#: The context length assumed for a runtime that does not fix one (transformers): the one the
+#: llama.cpp backend opens the chat with (edge/backends/llamacpp_backend.py, DEFAULT_CONTEXT).
+CHAT_CONTEXT = 4096
+
+
+def chat_threads(path: str | Path, threads: int | str | None) -> int | str | None:
+    """The `threads` option a backend gets: "auto" means the chat app's policy, which is
+    llama.cpp's "auto" for GGUF builds and the runtime's own default for the others."""
+    if threads != "auto":
+        return threads
+    from globmed_edge.backends import detect_format
+
+    return "auto" if detect_format(Path(path)) == "gguf" else None
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def kv_shape(path: str | Path, backend: Any = None) -> dict[str, Any]:
+    """KV-cache bytes per token, the chat's context length and whether the runtime allocates the
+    whole cache at load, from the build's own files (config.json, genai_config.json, GGUF
+    metadata) and, when given, the loaded backend; {} when the shape cannot be read."""
+    from globmed_edge.backends import detect_format
+
+    p = Path(path)
+    fmt = detect_format(p)
+    if fmt == "gguf":
+        meta = dict(getattr(backend, "metadata", None) or {}) or _gguf_metadata(p)
+        arch = str(meta.get("general.architecture", ""))
+        layers = meta.get(f"{arch}.block_count")
+        heads = meta.get(f"{arch}.attention.head_count")
+        kv_heads = meta.get(f"{arch}.attention.head_count_kv") or heads
+        k_len = meta.get(f"{arch}.attention.key_length")
+        v_len = meta.get(f"{arch}.attention.value_length")
+        if not (k_len and v_len) and heads and meta.get(f"{arch}.embedding_length"):
+            k_len = v_len = int(meta[f"{arch}.embedding_length"]) // int(heads)
+        if not (layers and kv_heads and k_len and v_len):
+            return {}
+        per_token = int(layers) * int(kv_heads) * (int(k_len) + int(v_len)) * 2  # llama.cpp's f16 cache
+        ctx = int(getattr(backend, "n_ctx", 0) or CHAT_CONTEXT)
+        return {"kv_bytes_per_token": per_token, "context_tokens": ctx, "kv_preallocated": True}
+    if fmt == "onnx":
+        model = _json(p / "genai_config.json").get("model", {})
+        dec = model.get("decoder", {}) if isinstance(model, dict) else {}
+        try:
+            layers, kv_heads, head = int(dec["num_hidden_layers"]), int(dec["num_key_value_heads"]), int(dec["head_size"])
+        except (KeyError, TypeError, ValueError):
+            return {}
+        kv_dtype = getattr(backend, "_kv_dtype", None)
+        itemsize = int(getattr(kv_dtype, "itemsize", 0) or (kv_dtype().itemsize if callable(kv_dtype) else 4))
+        ctx = int(getattr(backend, "_context", 0) or model.get("context_length") or 2048)
+        return {"kv_bytes_per_token": 2 * layers * kv_heads * head * itemsize, "context_tokens": ctx,
+                "kv_preallocated": False}
+    cfg = _json(p / "config.json")
+    cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
+    try:
+        layers, heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        kv_heads = int(cfg.get("num_key_value_heads") or heads)
+        head = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return {}
+    model_dtype = getattr(getattr(backend, "model", None), "dtype", None)
+    itemsize = int(getattr(model_dtype, "itemsize", 0) or 4)  # the transformers backend runs fp32 on CPU
+    ctx = min(int(cfg.get("max_position_embeddings") or CHAT_CONTEXT), CHAT_CONTEXT)
+    return {"kv_bytes_per_token": 2 * layers * kv_heads * head * itemsize, "context_tokens": ctx,
+            "kv_preallocated": False}
+
+
+def _gguf_metadata(path: Path) -> dict[str, Any]:
+    """Integer metadata of a GGUF file (or of the one .gguf in a folder) through gguf-py."""
+    files = [path] if path.is_file() else [f for f in sorted(path.glob("*.gguf")) if "imatrix" not in f.name]
+    if len(files) != 1:
+        return {}
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return {}
+    out: dict[str, Any] = {}
+    reader = GGUFReader(str(files[0]))
+    for name, fld in reader.fields.items():
+        if name == "general.architecture":
+            out[name] = bytes(fld.parts[fld.data[0]]).decode("utf-8")
+        elif len(fld.data) == 1 and len(fld.parts[fld.data[0]]) == 1:
+            value = fld.parts[fld.data[0]][0]
+            if hasattr(value, "item") and isinstance(value.item(), int):
+                out[name] = int(value.item())
+    return out
+
+
+def _cpu_busy() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process) so far."""
+    import psutil
+
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    own = psutil.Process().cpu_times()
+    return sum(t) - idle, own.user + own.system
+
+
+def machine_load(start: tuple[float, float, float], end: tuple[float, float, float]) -> dict[str, float]:
+    """Other processes' CPU use between two (wall, busy, own) samples, as a share of all CPUs."""
+    cpus = os.cpu_count() or 1
+    wall = max(end[0] - start[0], 1e-9)
+    other = max(0.0, (end[1] - start[1]) - (end[2] - start[2]))
+    return {"other_cpu_share": round(min(1.0, other / (wall * cpus)), 4), "cpus": float(cpus),
+            "wall_s": round(wall, 3)}
+
+
+def _sample() -> tuple[float, float, float]:
+    busy, own = _cpu_busy()
+    return time.perf_counter(), busy, own
+
+
+def long_conversation(backend: Any, context: int, new_tokens: int) -> Any:
+    """A chat request whose rendered prompt nearly fills `context` tokens: earlier turns of
+    questions and answers, then the typical question, leaving room for `new_tokens`."""
+    from globmed_edge.backends.base import GenerationRequest, Message
+
+    answer = ("Check for danger signs: inability to drink, vomiting everything, convulsions, lethargy, "
+              "chest indrawing and stridor. Count the breathing rate for a full minute. ")
+    target = context - new_tokens - 8
+    turns: list[Message] = [Message("system", CLINIC_SYSTEM_PROMPT)]
+    question = Message("user", TYPICAL_QUESTION)
+
+    def size(msgs: list[Message]) -> int:
+        return len(backend.tokenize(backend.render_chat(msgs)))
+
+    step = max(1, size([*turns, question, Message("assistant", answer)]) - size(turns))
+    while size([*turns, question]) + step < target:
+        turns += [question, Message("assistant", answer)]
+    return GenerationRequest(messages=(*turns, question), max_new_tokens=new_tokens)
 
 
 def _one(backend: Any, new_tokens: int) -> dict[str, float]:
@@ -74,21 +230,45 @@ def _one(backend: Any, new_tokens: int) -> dict[str, float]:
 
 
 def run_in_this_process(spec: ThroughputSpec) -> dict[str, Any]:
-    """Load, warm up, time `repeats` runs; medians + every run + memory + hardware."""
+    """Load, warm up, time `repeats` runs; medians + every run + memory + load + KV shape +
+    hardware, and with `long_context` the peak RSS after a conversation that fills the context."""
     from globmed_edge.backends import open_backend
     from globmed_edge.bench.hardware import profile
 
-    backend = open_backend(spec.path, spec.backend, device=spec.device, threads=spec.threads)
+    backend = open_backend(spec.path, spec.backend, device=spec.device,
+                           threads=chat_threads(spec.path, spec.threads))
     backend.load()
+    long: dict[str, Any] = {}
     try:
         _one(backend, min(8, spec.new_tokens))  # warm-up: caches, kernels, page-in of weights
-        runs = [_one(backend, spec.new_tokens) for _ in range(spec.repeats)]
+        runs = []
+        start = _sample()
+        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        for _ in range(spec.repeats):
+            run = _one(backend, spec.new_tokens)
+            used = getattr(backend, "current_threads", None)
+            if used:
+                run["threads_used"] = float(used)
+            runs.append(run)
+        load = machine_load(start, _sample())
+        load["loadavg_1m_before"] = load_before
+        load["loadavg_1m_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         mem = backend.memory()
+        shape = kv_shape(spec.path, backend)
+        if spec.long_context and shape:
+            reset = getattr(backend, "reset_cache", None)
+            if reset is not None:
+                reset()
+            req = long_conversation(backend, int(shape["context_tokens"]), min(16, spec.new_tokens))
+            prompt = len(backend.tokenize(backend.render_chat(req.messages)))
+            for _ev in backend.stream(req):
+                pass
+            long = {"prompt_tokens": prompt, "peak_rss_bytes": backend.memory().peak_rss_bytes}
     finally:
         backend.close()
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     return {"runs": runs, "median": med, "memory": asdict(mem), "hardware": profile(),
-            "backend": type(backend).__name__}
+            "backend": type(backend).__name__, "load": load, "kv": shape, "long": long}
 
 
 def measure(spec: ThroughputSpec, *, timeout: float = 1800) -> dict[str, Any]:
