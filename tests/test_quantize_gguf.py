@@ -73,9 +73,9 @@ def _hf_logprobs(src: Path) -> list[tuple[list[int], np.ndarray]]:
 
 def _drift(path: Path, ref: list[tuple[list[int], np.ndarray]]) -> tuple[float, float]:
     """(mean KL, top-1 agreement) of a GGUF against the transformers reference."""
-    import llama_cpp
+    from globmed_edge.backends.llamacpp_runtime import new_llama
 
-    llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    llm = new_llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
     kls: list[float] = []
     agree: list[bool] = []
     try:
@@ -93,9 +93,9 @@ def _drift(path: Path, ref: list[tuple[list[int], np.ndarray]]) -> tuple[float, 
 
 
 def _llama_tokens(path: Path, text: str) -> list[int]:
-    import llama_cpp
+    from globmed_edge.backends.llamacpp_runtime import new_llama
 
-    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    llm = new_llama(model_path=str(path), vocab_only=True, verbose=False)
     try:
         return list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
     finally:
@@ -281,11 +281,11 @@ def test_imatrix_c_array(tmp_path):
 @pytest.mark.gguf
 @pytest.mark.slow
 def test_default_model_q8_0_generates(default_model, tmp_path):
-    import llama_cpp
+    from globmed_edge.backends.llamacpp_runtime import new_llama
 
     path, res = _export(default_model, tmp_path / "q8", "q8_0")
     assert res.extra["architecture"] == "llama" and 8.0 < res.bits_per_weight < 9.0
-    llm = llama_cpp.Llama(str(path), n_ctx=512, verbose=False, n_threads=2, seed=0)
+    llm = new_llama(model_path=str(path), n_ctx=512, verbose=False, n_threads=2, seed=0)
     try:
         out = llm.create_chat_completion(
             messages=[{"role": "user", "content": "What is the capital of France?"}],

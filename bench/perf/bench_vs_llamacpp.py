@@ -31,11 +31,13 @@ MARK = "PLAIN_JSON "
 
 
 def plain_child(path: str, prompt: str, tokens: int, threads: int, repeats: int) -> None:
-    """Runs in its own process: llama-cpp-python alone, nothing of globmed_edge loaded."""
-    import llama_cpp
+    """Runs in its own process: llama-cpp-python alone, none of globmed_edge's backend loaded
+    (only the runtime loader, which a portable build needs for its CPU kernels)."""
+    from globmed_edge.backends.llamacpp_runtime import load, new_llama
 
-    llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads,
-                          n_batch=512, n_ubatch=512, verbose=False, seed=0)
+    llama_cpp = load()
+    llm = new_llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                    n_batch=512, n_ubatch=512, verbose=False, seed=0)
     ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
     runs = []
     for r in range(repeats + 1):  # the first is the warm-up

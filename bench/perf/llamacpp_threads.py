@@ -30,10 +30,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=150)
     args = ap.parse_args()
 
-    from llama_cpp import Llama
+    from globmed_edge.backends.llamacpp_runtime import new_llama
 
     gguf = args.build if args.build.is_file() else next(args.build.glob("*.gguf"))
-    llm = Llama(model_path=str(gguf), n_ctx=512, n_threads=args.threads, verbose=False)
+    llm = new_llama(model_path=str(gguf), n_ctx=512, n_threads=args.threads, verbose=False)
     prompt = llm.tokenize(b"<|im_start|>user\nWhat are the signs of malaria?<|im_end|>\n<|im_start|>assistant\n",
                           special=True)
 

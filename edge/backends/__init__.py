@@ -21,13 +21,33 @@ BACKENDS = LazyRegistry(
 FORMAT_BACKEND = {"hf": "transformers", "gguf": "llamacpp", "onnx": "onnx", "gptq": "gptq"}
 
 
-def open_backend(path: str | Path, backend: str | None = None, **options: Any) -> Any:
-    """Construct (not load) the backend for a build or HF model folder."""
+#: Backends whose runtime is native code (C++) that can crash the process it runs in.
+NATIVE = frozenset({"llamacpp", "onnx"})
+
+
+def open_backend(path: str | Path, backend: str | None = None, *, isolate: bool | str = False,
+                 **options: Any) -> Any:
+    """Construct (not load) the backend for a build or HF model folder.
+
+    `isolate=True` runs it in a child process (`isolated.IsolatedBackend`), so that a native
+    crash raises `RuntimeCrash` here instead of ending this process; `isolate="native"` (what
+    quantize, bench and chat use) isolates the native runtimes (llama.cpp, onnxruntime) and runs
+    torch in this process.
+    """
     path = Path(path)
     if backend is None:
         backend = FORMAT_BACKEND[detect_format(path)]
-    cls = BACKENDS.load(backend)
-    return cls(path, **options)
+    cls = BACKENDS.load(backend)  # an unknown name fails here, with its did-you-mean
+    if isolate == "native":
+        isolate = backend in NATIVE
+    elif not isinstance(isolate, bool):
+        raise ValueError(f"isolate={isolate!r}: True, False or 'native'")
+    real = cls(path, **options)  # cheap: checks the options here, loads nothing
+    if isolate:
+        from globmed_edge.backends.isolated import IsolatedBackend
+
+        return IsolatedBackend(path, backend, **options)
+    return real
 
 
 def detect_format(path: Path) -> str:

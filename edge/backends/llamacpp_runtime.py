@@ -1,0 +1,203 @@
+"""The one place that imports llama-cpp-python, loads its CPU kernels and decides how models load.
+
+Two facts about llama.cpp on the machines this project meets are handled here and nowhere else:
+
+* **Portable builds load their CPU kernels at run time.** The wheel `scripts/llama-cpp-wheel.sh`
+  builds (the README's install) is compiled with `GGML_NATIVE=OFF GGML_BACKEND_DL=ON
+  GGML_CPU_ALL_VARIANTS=ON`: one `libggml-cpu-<variant>.so` per instruction-set level (x64, sse42,
+  sandybridge, haswell, skylakex, icelake, zen4, sapphirerapids, ...). llama.cpp picks the best one
+  for this CPU in `ggml_backend_load_all_from_path`, which llama-cpp-python never calls (its models
+  then fail with "no backends are loaded"), so `load()` calls it through ctypes once per process.
+  A wheel compiled with native flags (one `libggml-cpu.so`) needs no loading, but runs only on CPUs
+  like the one that built it; `runtime_info()` says which kind is installed.
+* **AMX crashes.** On CPUs with Intel AMX, llama.cpp repacks weights into AMX buffers at load and
+  then segfaults on the first decode (ggml-org/llama.cpp issue 20824). The extra buffer types that
+  hold repacked weights are switched off there (`use_extra_bufts = False`); `Llama()` has no keyword
+  for that field of `llama_model_params`, so `new_llama()` sets it while constructing. Elsewhere they
+  stay on: they also carry the AVX2 repack of Q4_0/IQ4_NL weights, which decodes those faster
+  (bench/perf/llamacpp_extra_bufts.py measures both settings; docs/backends.md has the numbers).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from globmed_edge.cpu import CpuInfo, cpu_info
+from globmed_edge.deps import require
+from globmed_edge.errors import BackendError
+
+_lock = threading.Lock()
+_ready: ModuleType | None = None
+recent_errors: deque[str] = deque(maxlen=8)  # llama.cpp's error lines, for messages (cleared by loads)
+_log_callback: Any = None  # kept referenced: llama.cpp holds a raw pointer to it
+log = logging.getLogger("globmed_edge.backends.llamacpp_backend")
+_SUFFIX = ".dll" if sys.platform == "win32" else (".dylib" if sys.platform == "darwin" else ".so")
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What llama.cpp runtime this process has, for `doctor` and bench hardware profiles."""
+
+    version: str
+    kind: str  # "portable" (CPU kernels picked at run time), "native" (compiled for one CPU kind)
+    variants: tuple[str, ...]  # the CPU kernel variants shipped (portable builds)
+    loaded_variant: str | None  # the variant this process loaded ("haswell", "zen4", ...)
+    system_info: str  # llama_print_system_info(): the instruction sets the loaded kernels use
+    extra_bufts: bool  # whether models load with extra (repacking) buffer types here
+    gpu_offload: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "kind": self.kind, "variants": list(self.variants),
+                "loaded_variant": self.loaded_variant, "system_info": self.system_info,
+                "extra_bufts": self.extra_bufts, "gpu_offload": self.gpu_offload}
+
+
+def lib_dir(module: ModuleType) -> Path:
+    return Path(module.__file__ or ".").parent / "lib"
+
+
+def cpu_variants(lib: Path) -> tuple[str, ...]:
+    """The CPU kernel variants of a portable build in `lib` (empty for a native build)."""
+    prefix = "libggml-cpu-"
+    return tuple(sorted(p.name[len(prefix):-len(_SUFFIX)] for p in lib.glob(f"{prefix}*{_SUFFIX}")))
+
+
+def _mapped(prefix: str) -> Path | None:
+    """The file this process mapped whose name starts with `prefix` (Linux /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                path = line.split(None, 5)[-1].strip() if line.count(" ") >= 5 else ""
+                if path.startswith("/") and Path(path).name.startswith(prefix):
+                    return Path(path)
+    except OSError:
+        pass
+    return None
+
+
+def _libggml(lib: Path) -> Any:
+    # The copy of libggml that libllama loaded: wheels hold no symlinks, so libggml.so,
+    # libggml.so.0 and libggml.so.0.x are separate files, and opening another one than libllama's
+    # would register the CPU kernels in a second, unused backend registry.
+    path = _mapped(f"libggml{_SUFFIX}") or next(iter(sorted(lib.glob(f"libggml{_SUFFIX}.*"))), lib / f"libggml{_SUFFIX}")
+    ggml = ctypes.CDLL(str(path))
+    ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+    ggml.ggml_backend_load_all_from_path.restype = None
+    ggml.ggml_backend_reg_count.argtypes = []
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    return ggml
+
+
+def _route_logs(module: ModuleType) -> None:
+    """Send llama.cpp's (and ggml's) log output to the backend's logger at DEBUG, not stderr."""
+    global _log_callback
+
+    @module.llama_log_callback  # type: ignore[untyped-decorator]
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        line = (text or b"").decode("utf-8", "replace").strip()
+        if line:
+            if level == 4:  # GGML_LOG_LEVEL_ERROR (0 none, 1 debug, 2 info, 3 warn, 5 continued)
+                recent_errors.append(line)
+            log.debug("llama.cpp: %s", line)
+
+    _log_callback = callback
+    module.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def load() -> ModuleType:
+    """llama_cpp, with its CPU kernels loaded (portable builds); once per process."""
+    global _ready
+    if _ready is not None:
+        return _ready
+    with _lock:
+        if _ready is not None:
+            return _ready
+        module = require("llama_cpp", "gguf")
+        _route_logs(module)  # before the kernels load, so their messages go there too
+        lib = lib_dir(module)
+        ggml = _libggml(lib)
+        if ggml.ggml_backend_reg_count() == 0:  # a build with run-time loaded kernels (GGML_BACKEND_DL)
+            ggml.ggml_backend_load_all_from_path(str(lib).encode())
+            if ggml.ggml_backend_reg_count() == 0:
+                raise BackendError(
+                    f"llama.cpp loaded none of its CPU kernels from {lib} on this CPU "
+                    f"({cpu_info().model}; {', '.join(cpu_info().features) or 'no SIMD features found'}); "
+                    "run `globmed-edge doctor` and reinstall the portable wheel (scripts/llama-cpp-wheel.sh)")
+        _ready = module
+        return module
+
+
+def loaded_variant() -> str | None:
+    """The `libggml-cpu-<variant>` this process mapped (Linux /proc/self/maps), if any."""
+    path = _mapped("libggml-cpu-")
+    return path.name[len("libggml-cpu-"):-len(_SUFFIX)] if path and path.name.endswith(_SUFFIX) else None
+
+
+def use_extra_bufts(cpu: CpuInfo | None = None) -> bool:
+    """Whether models load with llama.cpp's extra buffer types on this CPU: never with AMX."""
+    return not (cpu or cpu_info()).has_amx
+
+
+def model_overrides(cpu: CpuInfo | None = None) -> dict[str, Any]:
+    """Fields of `llama_model_params` this project sets for every model it loads."""
+    return {"use_extra_bufts": use_extra_bufts(cpu)}
+
+
+def new_llama(*, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """`llama_cpp.Llama(**kwargs)` with `model_overrides()` applied (or `overrides` when given).
+
+    Every place that creates a llama.cpp model goes through here (the backend, the GGUF tests
+    and the perf scripts), so the AMX rule cannot be forgotten at one of them.
+    """
+    module = load()
+    fields = model_overrides() if overrides is None else overrides
+    import llama_cpp.llama as llama_module  # Llama.__init__ reads the params from this namespace
+
+    low = llama_module.llama_cpp
+    with _lock:
+        original = low.llama_model_default_params
+
+        def default_params() -> Any:
+            params = original()
+            for key, value in fields.items():
+                setattr(params, key, value)
+            return params
+
+        low.llama_model_default_params = default_params
+        try:
+            llm = module.Llama(**kwargs)
+        finally:
+            low.llama_model_default_params = original
+    for key, value in fields.items():
+        if getattr(llm.model_params, key) != value:  # a llama-cpp-python that builds params elsewhere
+            raise BackendError(f"llama-cpp-python {version()} ignored model parameter {key}={value}")
+    return llm
+
+
+def version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("llama-cpp-python")
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def runtime_info() -> RuntimeInfo:
+    """The installed runtime, with its kernels loaded (so the loaded variant is known)."""
+    module = load()
+    variants = cpu_variants(lib_dir(module))
+    info = module.llama_print_system_info()
+    return RuntimeInfo(
+        version=version(), kind="portable" if variants else "native", variants=variants,
+        loaded_variant=loaded_variant() if variants else None,
+        system_info=(info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)).strip(),
+        extra_bufts=use_extra_bufts(), gpu_offload=bool(module.llama_supports_gpu_offload()))
