@@ -349,6 +349,8 @@ def _inline(text: str) -> str:
     out = html.escape(text)
     while "**" in out:
         out = out.replace("**", "<b>", 1).replace("**", "</b>", 1)
+    while out.count("`") >= 2:
+        out = out.replace("`", "<code>", 1).replace("`", "</code>", 1)
     return out
 
 

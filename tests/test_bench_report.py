@@ -1,0 +1,44 @@
+"""The report: the decision first, verdict colours, and the committed default-model report kept current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from globmed_edge.bench.charts import CHARTS
+from globmed_edge.bench.recommend import recommend
+from globmed_edge.bench.records import merge
+from globmed_edge.bench.report import build_sections, to_html, to_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "bench" / "results" / "cpu-smollm2-default"
+
+
+def test_committed_report_is_rendered_from_its_records_by_the_current_rule() -> None:
+    """Golden file: bench/results/cpu-smollm2-default/report.md is what the code makes of results.jsonl
+    (re-render with `globmed-edge bench report results.jsonl --out .` in that folder)."""
+    records = merge([COMMITTED / "results.jsonl"])
+    md = to_markdown(build_sections(records, list(CHARTS)))
+    assert md == (COMMITTED / "report.md").read_text(encoding="utf-8")
+
+
+def test_committed_records_are_not_decided_inside_the_noise() -> None:
+    records = merge([COMMITTED / "results.jsonl"])
+    for tier in (4, 8, 16):
+        d = recommend(records, ram_gb=tier)
+        by = {b.name: b for b in d.builds}
+        # 20 items per language resolve nothing: no verdict may claim a difference
+        assert {v.verdict for b in d.builds if not b.is_reference for v in b.verdicts} == {"too few items"}
+        # the one-item macro lead of q4_k_m (20.0 vs 19.0) does not decide, nor do int4's few MiB: speed does
+        assert by["smollm2-135m-instruct-onnx-int4"].status == "excluded"
+        assert d.choice == "smollm2-135m-instruct-gguf-q8_0" and "fastest" in d.summary
+
+
+def test_decision_comes_first_and_html_colours_verdicts() -> None:
+    records = merge([COMMITTED / "results.jsonl"])
+    sections = build_sections(records)
+    assert [s.title for s in sections[:3]] == [
+        "Recommendation", "Acceptable per language (margin 2 points, against smollm2-135m-instruct)", "Why, per build"]
+    page = to_html(sections, {})
+    assert page.index("<h2>Recommendation</h2>") < page.index("<h2>Builds</h2>")
+    assert "class='unsure'" in page and "<code>globmed-edge bench recommend" in page
+    assert "ONE LETTER" in page  # the constant answers are called out
