@@ -37,9 +37,8 @@ $(STAMP): pyproject.toml Makefile scripts/llama-cpp-wheel.sh
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/globmed-edge models prepare
-	$(BIN)/globmed-edge models demo
-	$(BIN)/globmed-edge data stats edge/samples/mcq_sample.jsonl
+	@# the main job on the default model: quantize, bench, report, recommend, chat (scripts/demo.py)
+	$(BIN)/python scripts/demo.py --bin $(BIN) --out report/demo
 
 test: install lint typecheck pytest
 

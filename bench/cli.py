@@ -73,10 +73,12 @@ class Threads(click.ParamType):
               help="Items handed to the backend per scoring call (it packs them into forward passes).")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.jsonl"),
               show_default=True, help="Results file (JSON lines); records already there are skipped.")
+@click.option("--unverified", is_flag=True, help="Also run builds that have no valid manifest; their records "
+              "are marked unverified.")
 def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str, ...], datasets: tuple[str, ...],
             split: str, limit: int | None, seed: int, shots: int, mode: str, reference: str | None,
             throughput: bool, repeats: int, new_tokens: int, threads: int | str | None, long_context: bool,
-            device: str, batch_items: int, out: Path) -> None:
+            device: str, batch_items: int, out: Path, unverified: bool) -> None:
     """Score BUILD... (model folders, build folders or .gguf files) and append records to --out."""
     from globmed_edge.bench.runner import RunConfig, run_bench
     from globmed_edge.bench.tasks import TaskSpec, default_sources
@@ -85,6 +87,11 @@ def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str,
 
     resolved = tuple(str(resolve_model(b)) for b in builds)
     ref = str(resolve_model(reference)) if reference else None
+    if unverified:
+        from globmed_edge.trust import permit_unverified
+
+        for v in permit_unverified([*resolved, *([ref] if ref else [])]):
+            click.echo(f"warning: {v.warning()}", err=True)
     task = TaskSpec(sources=tuple(sources) or default_sources(), langs=_split_csv(langs),
                     datasets=_split_csv(datasets), split=split, limit=limit, shots=shots, mode=mode, seed=seed)
     cfg = RunConfig(builds=resolved, task=task, out=str(out), device=device, threads=threads, reference=ref,
@@ -150,7 +157,8 @@ def recommend_cmd(more: tuple[Path, ...], results: tuple[Path, ...], ram_gb: flo
         return
     click.echo(f"{ram_gb:g} GiB, languages {', '.join(rec.langs)} (margin {margin:g} points against "
                f"{rec.reference}, {rec.task}):")
-    click.echo(f"recommended: {rec.choice or 'none'}" + (f" (least bad: {rec.least_bad})" if rec.least_bad else ""))
+    click.echo(f"recommended: {rec.choice or 'none'}" + (f" ({rec.choice_path})" if rec.choice_path else "")
+               + (f" (least bad: {rec.least_bad})" if rec.least_bad else ""))
     click.echo(f"  {rec.summary}")
     for line in rec.reasons():
         click.echo(f"- {line}")

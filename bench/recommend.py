@@ -184,6 +184,7 @@ class Recommendation:
     least_bad: str | None  # when nothing is acceptable: the build that loses least
     summary: str
     builds: tuple[BuildAssessment, ...] = field(default_factory=tuple)
+    choice_path: str | None = None  # where the chosen build was benched (its records' path)
 
     def reasons(self) -> list[str]:
         return [f"{b.name}: {b.status}: {b.reason}" for b in self.builds]
@@ -463,7 +464,7 @@ def recommend(records: Sequence[Record], *, ram_gb: float, langs: Sequence[str] 
         else:
             summary = f"no benched build fits {ram_gb:g} GiB"
     return Recommendation(ram_gb, wanted, margin, headroom_gb, ref, task_name, choice, least_bad, summary,
-                          tuple(builds))
+                          tuple(builds), infos[choice].path if choice else None)
 
 
 def _basis(verdicts: Sequence[LangVerdict], is_ref: bool, kl: float | None) -> str:

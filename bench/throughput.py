@@ -121,8 +121,11 @@ def kv_shape(path: str | Path, backend: Any = None) -> dict[str, Any]:
             layers, kv_heads, head = int(dec["num_hidden_layers"]), int(dec["num_key_value_heads"]), int(dec["head_size"])
         except (KeyError, TypeError, ValueError):
             return {}
-        kv_dtype = getattr(backend, "_kv_dtype", None)
-        itemsize = int(getattr(kv_dtype, "itemsize", 0) or (kv_dtype().itemsize if callable(kv_dtype) else 4))
+        itemsize = 4  # onnxruntime-genai's CPU builds keep a float32 cache
+        if getattr(backend, "_kv_dtype", None) is not None:
+            import numpy as np
+
+            itemsize = int(np.dtype(backend._kv_dtype).itemsize)
         ctx = int(getattr(backend, "_context", 0) or model.get("context_length") or 2048)
         return {"kv_bytes_per_token": 2 * layers * kv_heads * head * itemsize, "context_tokens": ctx,
                 "kv_preallocated": False}
