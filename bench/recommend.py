@@ -18,7 +18,8 @@ recommended"):
    exporter's parity check must not have failed.
 3. Memory: peak RSS measured by `bench run --throughput`, plus the KV cache of a conversation
    at the chat's context length when the runtime grows its cache (llama.cpp allocates its
-   whole cache at load, so the measured RSS holds it), or the peak RSS of a measured
+   whole cache at load, so the measured RSS holds it) and the logits a prefill of that context
+   keeps when the runtime keeps every position's (ONNX, transformers), or the peak RSS of a measured
    long-conversation run when that is larger, plus the headroom, must fit the tier. A build
    without a throughput record is *not timed*: its memory is unknown, so it is not recommended.
 4. Among the builds left, the fastest decode wins; speeds within SPEED_NOISE of each other or
@@ -115,6 +116,7 @@ class Memory:
     long_prompt_tokens: int | None = None
     chat_bytes: int | None = None  # the estimate the tier check uses, before headroom
     need_bytes: int | None = None  # chat_bytes + headroom
+    logits_bytes: int = 0  # logits a prefill of the whole context keeps (every position: ONNX, transformers)
 
     def describe(self, headroom_gb: float) -> str:
         if self.peak_rss_bytes is None or self.need_bytes is None:
@@ -126,6 +128,8 @@ class Memory:
             parts.append(f"KV cache {self.kv_bytes / MiB:.0f} MiB at {self.context_tokens} tokens already in it")
         else:
             parts.append(f"+ KV cache {self.kv_bytes / MiB:.0f} MiB at {self.context_tokens} tokens")
+        if self.logits_bytes:
+            parts.append(f"+ prefill logits {self.logits_bytes / MiB:.0f} MiB")
         if self.long_peak_rss_bytes:
             parts.append(f"measured {self.long_peak_rss_bytes / MiB:.0f} MiB after a "
                          f"{self.long_prompt_tokens}-token conversation")
@@ -272,11 +276,12 @@ def memory_of(tps: Sequence[ThroughputRecord], headroom_gb: float) -> Memory:
     best: Memory | None = None
     for t in tps:
         kv = t.kv_bytes_per_token * t.context_tokens if t.kv_bytes_per_token and t.context_tokens else None
+        logits = t.logits_bytes_per_token * t.context_tokens if t.logits_bytes_per_token and t.context_tokens else 0
         counted = bool(t.kv_preallocated)
-        chat = t.peak_rss_bytes + (kv if kv and not counted else 0)
+        chat = t.peak_rss_bytes + (kv if kv and not counted else 0) + logits
         chat = max(chat, t.long_peak_rss_bytes or 0)
         m = Memory(t.peak_rss_bytes, kv, counted, t.context_tokens, t.long_peak_rss_bytes, t.long_prompt_tokens,
-                   chat, chat + int(headroom_gb * GiB))
+                   chat, chat + int(headroom_gb * GiB), logits)
         if best is None or (m.need_bytes or 0) > (best.need_bytes or 0):
             best = m
     return best or Memory()

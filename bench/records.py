@@ -7,8 +7,9 @@ Record types (field `type`), each with `schema_version`:
                option log-likelihoods that drift and every report number are re-derived from.
 * `drift`      one build x reference x device x task x language (computed from two accuracy records).
 * `throughput` one build x device x thread policy: prefill/decode tokens/s, TTFT, peak memory,
-               the machine's load during the timed runs, the model's KV-cache shape and the chat's
-               context length (for the memory estimate), optionally a long-conversation run's
+               the machine's load during the timed runs, the model's KV-cache shape, the logits the
+               runtime keeps per prompt token and the chat's context length (for the memory
+               estimate), optionally a long-conversation run's
                peak memory, and the hardware profile.
 
 Schema 2 added optional fields (the build's parity summary; throughput load, KV shape and the
@@ -129,6 +130,7 @@ class ThroughputRecord:
     context_tokens: int | None = None  # the context length the chat opens this build with
     kv_bytes_per_token: int | None = None  # K and V of every layer for one token
     kv_preallocated: bool | None = None  # True: the runtime allocates (and touches) the whole KV cache at load
+    logits_bytes_per_token: int | None = None  # prefill keeps logits for every prompt position (0: last only)
     long_prompt_tokens: int | None = None  # the long-conversation run (--long-context)
     long_peak_rss_bytes: int | None = None
     host: str = ""

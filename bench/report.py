@@ -310,17 +310,19 @@ def _throughput_sections(records: Sequence[Record], headroom_gb: float) -> list[
         m = memory_of([t for t in tps if t.device == "cpu" and t.build.name == name], headroom_gb)
         kv = "unknown" if m.kv_bytes is None else f"{_size(m.kv_bytes)} at {m.context_tokens} tok" + (
             " (in RSS)" if m.kv_counted else "")
-        est = m.peak_rss_bytes or 0
+        est = (m.peak_rss_bytes or 0) + m.logits_bytes
         est += (m.kv_bytes or 0) if not m.kv_counted else 0
         long = "-" if not m.long_peak_rss_bytes else f"{_size(m.long_peak_rss_bytes)} at {m.long_prompt_tokens} tok"
-        mrows.append([name, _size(m.peak_rss_bytes or 0), kv, _size(est), long,
-                      f"{(m.need_bytes or 0) / GiB:.2f}"])
+        mrows.append([name, _size(m.peak_rss_bytes or 0), kv, _size(m.logits_bytes) if m.logits_bytes else "-",
+                      _size(est), long, f"{(m.need_bytes or 0) / GiB:.2f}"])
     mem = Section("Memory in the chat", [
         "The RAM a build needs in a conversation: measured peak RSS (short prompt) plus its KV cache at the chat's "
         "context length (from the model's shape; llama.cpp allocates the whole cache at load, so it is already in "
-        "the RSS), or the peak RSS measured after a conversation that fills the context (--long-context) when "
-        f"larger, plus {headroom_gb:g} GiB headroom."], [Table(
-            ["build", "peak RSS MiB", "KV cache MiB", "estimate MiB", "measured long run MiB", "needs GiB"], mrows)])
+        "the RSS) plus the logits a prefill of that context keeps (ONNX and transformers keep every position's), "
+        "or the peak RSS measured after a conversation that fills the context (--long-context) when larger, plus "
+        f"{headroom_gb:g} GiB headroom."], [Table(
+            ["build", "peak RSS MiB", "KV cache MiB", "prefill logits MiB", "estimate MiB", "measured long run MiB",
+             "needs GiB"], mrows)])
     return [sec, mem]
 
 

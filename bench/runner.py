@@ -172,7 +172,8 @@ def throughput_record(cfg: RunConfig, build: str) -> ThroughputRecord:
         cuda_reserved_bytes=mem.get("cuda_reserved_bytes"), runs=tuple(res["runs"]),
         hardware=res["hardware"], load=res.get("load", {}), context_tokens=shape.get("context_tokens"),
         kv_bytes_per_token=shape.get("kv_bytes_per_token"), kv_preallocated=shape.get("kv_preallocated"),
-        long_prompt_tokens=long.get("prompt_tokens"), long_peak_rss_bytes=long.get("peak_rss_bytes"),
+        logits_bytes_per_token=shape.get("logits_bytes_per_token"), long_prompt_tokens=long.get("prompt_tokens"),
+        long_peak_rss_bytes=long.get("peak_rss_bytes"),
         host=platform.node(), created_at=now())
 
 

@@ -24,9 +24,10 @@ Machine load: the CPU time other processes used during the timed runs, as a shar
 machine's CPUs (`load["other_cpu_share"]`, from /proc/stat-style totals minus this process's own
 CPU time), and the 1-minute load average before and after.
 
-Memory in the chat: the model's KV-cache bytes per token and the context length the chat opens
-the build with are recorded (`kv_shape`), so a report can add the KV cache of a full
-conversation to the peak RSS measured here on a short prompt; `long_context=True` also runs one
+Memory in the chat: the model's KV-cache bytes per token, the logits the runtime keeps per prompt
+token during a prefill (every position for the ONNX and transformers backends, the last one for
+llama.cpp) and the context length the chat opens the build with are recorded (`kv_shape`), so a
+report can add what a full conversation costs to the peak RSS measured here on a short prompt; `long_context=True` also runs one
 generation after a conversation that fills that context and records its peak RSS, to check the
 estimate.
 """
@@ -113,7 +114,9 @@ def kv_shape(path: str | Path, backend: Any = None) -> dict[str, Any]:
             return {}
         per_token = int(layers) * int(kv_heads) * (int(k_len) + int(v_len)) * 2  # llama.cpp's f16 cache
         ctx = int(getattr(backend, "n_ctx", 0) or CHAT_CONTEXT)
-        return {"kv_bytes_per_token": per_token, "context_tokens": ctx, "kv_preallocated": True}
+        # the backend opens llama.cpp with logits_all=False: a prefill keeps the last position's logits only
+        return {"kv_bytes_per_token": per_token, "context_tokens": ctx, "kv_preallocated": True,
+                "logits_bytes_per_token": 0}
     if fmt == "onnx":
         model = _json(p / "genai_config.json").get("model", {})
         dec = model.get("decoder", {}) if isinstance(model, dict) else {}
@@ -127,8 +130,10 @@ def kv_shape(path: str | Path, backend: Any = None) -> dict[str, Any]:
 
             itemsize = int(np.dtype(backend._kv_dtype).itemsize)
         ctx = int(getattr(backend, "_context", 0) or model.get("context_length") or 2048)
+        vocab = int(model.get("vocab_size") or 0)
+        # the genai graph returns float32 logits for every position of the block it is fed
         return {"kv_bytes_per_token": 2 * layers * kv_heads * head * itemsize, "context_tokens": ctx,
-                "kv_preallocated": False}
+                "kv_preallocated": False, **({"logits_bytes_per_token": 4 * vocab} if vocab else {})}
     cfg = _json(p / "config.json")
     cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
     try:
@@ -140,8 +145,10 @@ def kv_shape(path: str | Path, backend: Any = None) -> dict[str, Any]:
     model_dtype = getattr(getattr(backend, "model", None), "dtype", None)
     itemsize = int(getattr(model_dtype, "itemsize", 0) or 4)  # the transformers backend runs fp32 on CPU
     ctx = min(int(cfg.get("max_position_embeddings") or CHAT_CONTEXT), CHAT_CONTEXT)
+    vocab = int(cfg.get("vocab_size") or 0)
+    # a transformers forward pass over the prompt computes logits for every position
     return {"kv_bytes_per_token": 2 * layers * kv_heads * head * itemsize, "context_tokens": ctx,
-            "kv_preallocated": False}
+            "kv_preallocated": False, **({"logits_bytes_per_token": itemsize * vocab} if vocab else {})}
 
 
 def _gguf_metadata(path: Path) -> dict[str, Any]:

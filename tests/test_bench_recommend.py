@@ -79,7 +79,7 @@ def acc(name: str, lang: str, gold: str, pred: str, *, tilt: float = 0.0, fmt: s
 def tp(name: str, decode: float, *, rss: int = 300 * MiB, runs: tuple[float, ...] | None = None,
        load: float | None = 0.0, kv_per_token: int | None = None, context: int | None = None,
        prealloc: bool | None = None, long_rss: int | None = None, threads: int | str | None = "auto",
-       size: int = 100 * MiB) -> ThroughputRecord:
+       size: int = 100 * MiB, logits_per_token: int | None = None) -> ThroughputRecord:
     runs = runs or (decode * 0.99, decode, decode * 1.01)
     return ThroughputRecord(
         build=BuildInfo(name, f"/b/{name}", "gguf", "q8_0", size), device="cpu", threads=threads,
@@ -87,7 +87,7 @@ def tp(name: str, decode: float, *, rss: int = 300 * MiB, runs: tuple[float, ...
         decode_tokens_per_s=sorted(runs)[len(runs) // 2], ttft_s=0.3, peak_rss_bytes=rss,
         runs=tuple({"decode_tokens_per_s": r} for r in runs), load={} if load is None else {"other_cpu_share": load},
         context_tokens=context, kv_bytes_per_token=kv_per_token, kv_preallocated=prealloc,
-        long_prompt_tokens=4000 if long_rss else None, long_peak_rss_bytes=long_rss)
+        logits_bytes_per_token=logits_per_token, long_prompt_tokens=4000 if long_rss else None, long_peak_rss_bytes=long_rss)
 
 
 N = 400  # items per language: enough to resolve a 2-point margin when builds agree closely
@@ -197,6 +197,11 @@ def test_not_timed_is_not_does_not_fit_and_kv_cache_counts() -> None:
     pre = recommend([*base, tp("small", 60.0, rss=200 * MiB, kv_per_token=kv, context=4096, prealloc=True)],
                     ram_gb=2, headroom_gb=1.5)
     assert pre.choice == "small"  # llama.cpp's cache is allocated at load: already in the peak RSS
+    # a runtime that keeps every prompt position's logits: 50 KiB/token x 4096 = 200 MiB more
+    logits = recommend([*base, tp("small", 60.0, rss=200 * MiB, kv_per_token=kv, context=4096, prealloc=True,
+                                  logits_per_token=50 * 1024)], ram_gb=2, headroom_gb=0.1)
+    mem = next(b for b in logits.builds if b.name == "small").memory
+    assert mem.logits_bytes == 200 * MiB and mem.chat_bytes == 400 * MiB
     measured = recommend([*base, tp("small", 60.0, rss=200 * MiB, kv_per_token=kv, context=4096, prealloc=True,
                                     long_rss=700 * MiB)], ram_gb=2, headroom_gb=1.5)
     assert next(b for b in measured.builds if b.name == "small").status == "does not fit"  # measured run wins

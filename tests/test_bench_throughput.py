@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "bench" / "results" / "cpu-smollm2-default" / "results.jsonl"
 # SmolLM2-135M's shape: 30 layers, 9 query heads, 3 KV heads, hidden 576 -> head 64
 SHAPE = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576,
-         "max_position_embeddings": 8192}
+         "max_position_embeddings": 8192, "vocab_size": 49152}
 
 
 def hf_folder(path: Path, **extra: object) -> Path:
@@ -38,15 +38,18 @@ def test_auto_threads_follow_the_chat_policy(tmp_path: Path) -> None:
 
 def test_kv_shape_from_hf_and_onnx_files(tmp_path: Path) -> None:
     hf = kv_shape(hf_folder(tmp_path / "hf"))
-    # K and V x 30 layers x 3 heads x 64 dims x 4 bytes (the transformers backend runs fp32 on CPU)
-    assert hf == {"kv_bytes_per_token": 2 * 30 * 3 * 64 * 4, "context_tokens": CHAT_CONTEXT, "kv_preallocated": False}
+    # K and V x 30 layers x 3 heads x 64 dims x 4 bytes (the transformers backend runs fp32 on CPU);
+    # a prefill keeps fp32 logits over the 49152-token vocabulary for every prompt position
+    assert hf == {"kv_bytes_per_token": 2 * 30 * 3 * 64 * 4, "context_tokens": CHAT_CONTEXT, "kv_preallocated": False,
+                  "logits_bytes_per_token": 4 * 49152}
     assert kv_shape(hf_folder(tmp_path / "short", max_position_embeddings=1024))["context_tokens"] == 1024
     onnx = tmp_path / "onnx"
     onnx.mkdir()
     (onnx / "model.onnx").write_bytes(b"")
-    (onnx / "genai_config.json").write_text(json.dumps({"model": {"context_length": 2048, "decoder": {
-        "num_hidden_layers": 30, "num_key_value_heads": 3, "head_size": 64}}}), encoding="utf-8")
-    assert kv_shape(onnx) == {"kv_bytes_per_token": 46080, "context_tokens": 2048, "kv_preallocated": False}
+    (onnx / "genai_config.json").write_text(json.dumps({"model": {"context_length": 2048, "vocab_size": 1000,
+        "decoder": {"num_hidden_layers": 30, "num_key_value_heads": 3, "head_size": 64}}}), encoding="utf-8")
+    assert kv_shape(onnx) == {"kv_bytes_per_token": 46080, "context_tokens": 2048, "kv_preallocated": False,
+                              "logits_bytes_per_token": 4000}
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text("{}", encoding="utf-8")
     assert kv_shape(tmp_path / "bad") == {}
@@ -66,9 +69,9 @@ def test_kv_shape_from_gguf_metadata(tmp_path: Path) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    # llama.cpp's default f16 cache, allocated (and cleared) for the whole context at load
+    # llama.cpp's default f16 cache, allocated (and cleared) for the whole context at load; last-position logits
     assert kv_shape(path) == {"kv_bytes_per_token": 2 * 30 * 3 * 64 * 2, "context_tokens": CHAT_CONTEXT,
-                              "kv_preallocated": True}
+                              "kv_preallocated": True, "logits_bytes_per_token": 0}
 
 
 def test_machine_load_is_other_programs_share_of_all_cpus() -> None:
