@@ -1,9 +1,11 @@
 """`bench run`: score builds per language, time them, compare them with a reference.
 
-Each build is benched in a child process of its own (`python -m globmed_edge.bench.runner`),
-which opens it through the backend protocol and appends one accuracy record per language to
-the results file as soon as that language is done. A build or language whose record is already
-in the file (same build, device, task, language and item set) is skipped, so an interrupted run
+Each build is opened through the backend protocol and scored here, one accuracy record per
+language appended to the results file as soon as that language is done; native runtimes
+(llama.cpp, onnxruntime) run in a child process of their own (`open_backend(isolate="native")`),
+so a build whose runtime crashes is reported as failed, with the signal and what to try, and the
+other builds are still benched. A build or language whose record is already in the file (same
+build, device, task, language and item set) is skipped, so an interrupted or partly failed run
 resumes where it stopped. Throughput runs in yet another child per build (see throughput.py).
 Drift records are computed last, from the accuracy records of each build and the reference.
 """
@@ -12,11 +14,9 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from globmed_edge.bench.scorer import DEFAULT_BATCH_ITEMS
 from globmed_edge.bench.stats import wilson
 from globmed_edge.bench.tasks import MODES, TASKS, TaskData, TaskSpec, items_hash, load_task
 from globmed_edge.data.schema import MCQItem
-from globmed_edge.errors import BackendError, ConfigError
+from globmed_edge.errors import BackendError, ConfigError, ModelError
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".onnx", ".bin", ".data", ".onnx_data")
 
@@ -44,7 +44,7 @@ class RunConfig:
     new_tokens: int = 64
     batch_items: int = DEFAULT_BATCH_ITEMS
     max_new_tokens: int = 24  # generate mode
-    isolate: bool = True  # each build in its own process
+    isolate: bool = True  # native runtimes in a child process: a crash fails one build, not the run
     progress: bool = False
 
 
@@ -132,7 +132,8 @@ def bench_build(cfg: RunConfig, build: str, data: TaskData | None = None,
     task = TASKS.load(MODES[cfg.task.mode])
     from globmed_edge.bench.throughput import chat_threads
 
-    backend = open_backend(build, device=cfg.device, threads=chat_threads(build, cfg.threads))
+    backend = open_backend(build, device=cfg.device, threads=chat_threads(build, cfg.threads),
+                           isolate="native" if cfg.isolate else False)
     backend.load()
     written = 0
     try:
@@ -147,13 +148,6 @@ def bench_build(cfg: RunConfig, build: str, data: TaskData | None = None,
     finally:
         backend.close()
     return written
-
-
-def _bench_build_isolated(cfg: RunConfig, build: str) -> None:
-    spec = json.dumps({"cfg": asdict(cfg), "build": build})
-    proc = subprocess.run([sys.executable, "-m", "globmed_edge.bench.runner", spec], text=True)
-    if proc.returncode != 0:
-        raise BackendError(f"{build}: bench child process exited with status {proc.returncode}")
 
 
 def throughput_record(cfg: RunConfig, build: str) -> ThroughputRecord:
@@ -189,25 +183,14 @@ def run_bench(cfg: RunConfig, log: Callable[[str], None] = print) -> ResultsFile
     data = load_task(cfg.task)
     log(f"task {cfg.task.task_name}: {sum(len(v) for v in data.items.values())} items in "
         f"{len(data.items)} language(s): {', '.join(f'{k}={len(v)}' for k, v in data.items.items())}")
+    failed: list[str] = []
     for build in builds:
         info = build_info(build)
-        todo = pending_langs(ResultsFile(cfg.out), info, cfg, data)
-        if not todo:
-            log(f"{info.name}: accuracy records already in {cfg.out}, skipped")
-        elif cfg.isolate:
-            _bench_build_isolated(cfg, build)
-        else:
-            bench_build(cfg, build, data, log)
-        if cfg.throughput:
-            results = ResultsFile(cfg.out)
-            if ("throughput", info.name, cfg.device, str(cfg.threads)) in results:
-                log(f"{info.name}: throughput record already there, skipped")
-            else:
-                rec = throughput_record(cfg, build)
-                results.append(rec)
-                log(f"{info.name}: decode {rec.decode_tokens_per_s:.1f} tok/s, prefill "
-                    f"{rec.prefill_tokens_per_s:.1f} tok/s, TTFT {rec.ttft_s * 1000:.0f} ms, "
-                    f"peak RSS {rec.peak_rss_bytes / 2**20:.0f} MiB")
+        try:
+            _bench_one(cfg, build, info, data, log)
+        except (BackendError, ModelError) as exc:  # a crashed or unloadable build: the others go on
+            failed.append(info.name)
+            log(f"{info.name}: FAILED: {exc}")
     results = ResultsFile(cfg.out)
     if cfg.reference:
         ref = build_info(cfg.reference).name
@@ -215,23 +198,35 @@ def run_bench(cfg: RunConfig, log: Callable[[str], None] = print) -> ResultsFile
             if results.append(rec):
                 log(f"drift {rec.build} vs {rec.reference} {rec.lang}: delta {rec.delta:+.3f}, "
                     f"flips {rec.flip_rate:.3f}, McNemar p={rec.mcnemar_p:.3g}")
+    if failed:
+        raise BenchFailed(f"{len(failed)} of {len(builds)} builds failed ({', '.join(failed)}); the other "
+                          f"builds' records are complete in {cfg.out}; rerun the same command to retry "
+                          "only what is missing", failed)
     return results
 
 
-def _main(argv: list[str]) -> int:
-    from globmed_edge.errors import GlobmedError
+def _bench_one(cfg: RunConfig, build: str, info: BuildInfo, data: TaskData, log: Callable[[str], None]) -> None:
+    """Accuracy (every pending language) and, if asked, throughput of one build."""
+    if pending_langs(ResultsFile(cfg.out), info, cfg, data):
+        bench_build(cfg, build, data, log)
+    else:
+        log(f"{info.name}: accuracy records already in {cfg.out}, skipped")
+    if not cfg.throughput:
+        return
+    results = ResultsFile(cfg.out)
+    if ("throughput", info.name, cfg.device, str(cfg.threads)) in results:
+        log(f"{info.name}: throughput record already there, skipped")
+        return
+    rec = throughput_record(cfg, build)
+    results.append(rec)
+    log(f"{info.name}: decode {rec.decode_tokens_per_s:.1f} tok/s, prefill "
+        f"{rec.prefill_tokens_per_s:.1f} tok/s, TTFT {rec.ttft_s * 1000:.0f} ms, "
+        f"peak RSS {rec.peak_rss_bytes / 2**20:.0f} MiB")
 
-    spec = json.loads(argv[0])
-    cfg_d = spec["cfg"]
-    cfg = RunConfig(**{**cfg_d, "builds": tuple(cfg_d["builds"]), "task": TaskSpec(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in cfg_d["task"].items()})})
-    try:
-        bench_build(replace(cfg, isolate=False), spec["build"], log=lambda m: print(m, file=sys.stderr))
-    except GlobmedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
+class BenchFailed(BackendError):
+    """Some builds of a run failed (crashed or would not load); the others' records were written."""
 
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))
+    def __init__(self, message: str, builds: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.builds = tuple(builds)

@@ -57,6 +57,10 @@ class ManifestError(ModelError):
     """A build's manifest is missing, invalid, or its files do not match it."""
 
 
+class HistoryError(GlobmedError):
+    """The chat history file is damaged or is not a globmed-edge history; it was left untouched."""
+
+
 class BackendError(GlobmedError):
     """A runtime backend failed to load or run a build."""
 
@@ -77,3 +81,9 @@ class NotAvailableError(GlobmedError):
 
 class ParityError(GlobmedError):
     """A build drifted from its source beyond the thresholds for its quantization."""
+
+
+class Interrupted(GlobmedError):
+    """The user pressed Ctrl+C (SIGINT): the work in progress was stopped cleanly."""
+
+    exit_code = 130

@@ -28,7 +28,12 @@ from globmed_edge.backends.base import (
     TokenEvent,
     process_memory,
 )
-from globmed_edge.backends.isolated import IsolatedBackend, RuntimeCrash, crash_message, run_isolated
+from globmed_edge.backends.isolated import (
+    IsolatedBackend,
+    RuntimeCrash,
+    crash_message,
+    run_isolated,
+)
 from globmed_edge.errors import BackendError, ConfigError
 
 WORDS = ["Give ", "oral ", "rehydration ", "salts ", "and ", "refer."]

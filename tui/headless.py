@@ -11,10 +11,26 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
+from globmed_edge.errors import Interrupted
 from globmed_edge.tui.i18n import Translator
 from globmed_edge.tui.loader import BackendFactory, build_label, load_backend
 from globmed_edge.tui.safety import emergency_reminder
 from globmed_edge.tui.session import ChatSession, StreamStats
+
+#: How long Ctrl+C waits for the answer to stop between tokens before the process exits anyway.
+STOP_WAIT_S = 30.0
+
+
+def _wait_quietly(event: threading.Event, timeout: float) -> None:
+    """Wait for `event`, ignoring further Ctrl+C presses meanwhile (the stop is under way)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not event.is_set() and time.monotonic() < deadline:
+        try:
+            event.wait(0.1)
+        except KeyboardInterrupt:
+            continue
 
 
 def run_prompt(build: Path, prompt: str, *, lang: str = "en", max_new_tokens: int = 256,
@@ -34,6 +50,7 @@ def run_prompt(build: Path, prompt: str, *, lang: str = "en", max_new_tokens: in
     result: list[StreamStats] = []
     failure: list[BaseException] = []
     cancel = threading.Event()
+    finished = threading.Event()
 
     def generate() -> None:
         stats = StreamStats(0.0)
@@ -44,21 +61,35 @@ def run_prompt(build: Path, prompt: str, *, lang: str = "en", max_new_tokens: in
                 out.flush()
         except BaseException as exc:
             failure.append(exc)
-        result.append(stats)
+        finally:
+            result.append(stats)
+            finished.set()
 
     # Generate in a short-lived worker thread, as the app does: the main thread never decodes
     # (llama.cpp decodes ~40% slower from any thread while another that used it is alive; see
-    # docs/backends.md, "Threads"), and Ctrl+C cancels cleanly between tokens.
+    # docs/backends.md, "Threads"), and Ctrl+C cancels cleanly between tokens. The backend is closed only once the
+    # worker has really finished: after a KeyboardInterrupt in join(), CPython 3.11's next join()
+    # can return while the thread still runs (so `finished`, not join, is waited on), and freeing a
+    # model under a running decode was a use-after-free (SIGSEGV). Native runtimes also run in a
+    # child process (tui/loader.py), which never sees the terminal's SIGINT.
     worker = threading.Thread(target=generate, name="globmed-generate", daemon=True)
+    interrupted = False
     try:
         worker.start()
-        worker.join()
+        while not finished.wait(0.1):
+            pass
     except KeyboardInterrupt:
+        interrupted = True
         cancel.set()
-        worker.join()
-        raise
+        _wait_quietly(finished, STOP_WAIT_S)
     finally:
-        backend.close()
+        if finished.is_set():
+            backend.close()
+        # else: a runtime that did not stop in time keeps its memory until exit (daemon thread)
+    if interrupted:
+        out.write("\n")
+        out.flush()
+        raise Interrupted("interrupted: the answer was stopped")
     if failure:
         raise failure[0]
     out.write("\n")
