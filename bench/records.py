@@ -48,6 +48,7 @@ class BuildInfo:
     parity_passed: bool | None = None  # the exporter's parity check against the source (manifest)
     parity_top1: float | None = None
     parity_mean_kl: float | None = None
+    unverified: bool = False  # run with --unverified: no valid manifest, its files were not checked
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,18 @@ def merge(paths: Iterable[Path]) -> list[Record]:
     return out
 
 
+def _mark_unverified(rec: Record) -> Record:
+    """A record of a build the user ran with --unverified says so (see globmed_edge.trust)."""
+    from dataclasses import replace
+
+    from globmed_edge.trust import is_waived
+
+    build = getattr(rec, "build", None)
+    if isinstance(build, BuildInfo) and not build.unverified and is_waived(build.path):
+        return replace(rec, build=replace(build, unverified=True))  # type: ignore[arg-type]
+    return rec
+
+
 class ResultsFile:
     """Append-only JSON-lines results file that knows which keys it already holds."""
 
@@ -227,14 +240,27 @@ class ResultsFile:
         self._repair_tail()
 
     def _repair_tail(self) -> None:
-        """Cut an interrupted last line so the next append starts on a fresh line."""
+        """Make the next append start on a fresh line.
+
+        A last line without its newline is cut only when it does not parse (an interrupted
+        write); a complete record that merely lacks the newline (a file edited by hand, or
+        joined with `cat`) is kept and the newline added, since its key was already loaded."""
         if not self.path.is_file():
             return
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
             cut = data.rfind(b"\n") + 1
+            try:
+                json.loads(data[cut:].decode("utf-8"))
+                whole = True
+            except (ValueError, UnicodeDecodeError):
+                whole = False
             with open(self.path, "r+b") as fh:
-                fh.truncate(cut)
+                if whole:
+                    fh.seek(0, os.SEEK_END)
+                    fh.write(b"\n")
+                else:
+                    fh.truncate(cut)
                 fh.flush()
                 os.fsync(fh.fileno())
 
@@ -245,6 +271,7 @@ class ResultsFile:
         """Write `rec` durably unless its key is already there; True when written."""
         if rec.key() in self.keys:
             return False
+        rec = _mark_unverified(rec)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(to_dict(rec), ensure_ascii=False, allow_nan=True) + "\n"
         with open(self.path, "a", encoding="utf-8") as fh:

@@ -10,17 +10,51 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask sets it)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(path: Path, mode: int | None = None) -> int:
+    """The permissions a rewritten `path` gets: `mode` when given, else those of the regular file
+    it replaces, else what `open()` would give a new file (0666 less the umask).
+
+    mkstemp makes its file 0600, so without this every atomically written file would be
+    private to its owner: a manifest another user cannot read makes a shared build unusable."""
+    if mode is not None:
+        return mode
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0o666 & ~current_umask()
+    import stat
+
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o666 & ~current_umask()
+
+
+def atomic_write_text(path: Path, text: str, encoding: str = "utf-8", *, mode: int | None = None) -> None:
     """Write `text` to a temporary file beside `path`, fsync it, then rename over `path`."""
-    atomic_write_bytes(path, text.encode(encoding))
+    atomic_write_bytes(path, text.encode(encoding), mode=mode)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename over `path`."""
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, then rename over `path`.
+
+    The file gets `file_mode(path, mode)`: an explicit mode, the replaced file's, or the umask's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    perms = file_mode(path, mode)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, perms)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -62,11 +96,14 @@ def atomic_dir(final: Path, *, replace: bool = True) -> Iterator[Path]:
         os.replace(tmp, final)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 20, *, follow_symlinks: bool = True) -> str:
+    """sha256 of a file; with follow_symlinks=False a symbolic link is refused (OSError, ELOOP)
+    instead of hashing whatever it points to."""
     import hashlib
 
+    flags = os.O_RDONLY | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with os.fdopen(os.open(path, flags), "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()

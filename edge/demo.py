@@ -29,6 +29,7 @@ class DemoResult:
     predicted: str
     gold: str
     option_logprobs: dict[str, float]
+    unverified: bool = False  # run with --unverified (no valid manifest)
 
 
 def sample_items(lang: str | None = None) -> list[MCQItem]:
@@ -44,7 +45,9 @@ def sample_items(lang: str | None = None) -> list[MCQItem]:
 def run_demo(model_dir: Path, prompt: str, item: MCQItem, *, max_new_tokens: int = 48,
              backend: str | None = None, threads: int | None = None) -> DemoResult:
     from globmed_edge.backends import open_backend
+    from globmed_edge.trust import check_model
 
+    verification = check_model(model_dir)  # the manifest rule, also where the backend is isolated
     be = open_backend(model_dir, backend, threads=threads)
     be.load()
     try:
@@ -67,4 +70,5 @@ def run_demo(model_dir: Path, prompt: str, item: MCQItem, *, max_new_tokens: int
         model=str(model_dir), reply="".join(pieces).strip(), reply_tokens=n, ttft_s=ttft,
         decode_tokens_per_s=decode, item_id=item.id, item_lang=item.lang, predicted=predicted,
         gold=item.answer, option_logprobs={k: round(v, 3) if math.isfinite(v) else v for k, v in lps.items()},
+        unverified=verification.unverified,
     )

@@ -87,6 +87,12 @@ def exit_code(outcomes: list[Any]) -> int:
     return EXIT_OK
 
 
+
+def _usable_cpus() -> int:
+    from globmed_edge.backends import usable_cpus
+
+    return usable_cpus()
+
 @click.command(cls=QuantizeCommand)
 @click.argument("model")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -102,7 +108,7 @@ def exit_code(outcomes: list[Any]) -> int:
 @click.option("--allow-drift", is_flag=True,
               help="Keep builds that fail their parity check (recorded in the manifest).")
 @click.option("--force", is_flag=True, help="Rebuild even when an up-to-date build exists.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the parity check (and GGUF quantization).")
+@click.option("--threads", type=click.IntRange(min=1, max=_usable_cpus()), default=None, help="CPU threads for the parity check (and GGUF quantization).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result table as JSON.")
 @click.pass_context
 def quantize(ctx: click.Context, model: str, out: Path | None, formats: tuple[str, ...],

@@ -90,6 +90,17 @@ def tiny_llama(cache_dir: Path) -> Path:
     return path
 
 
+def as_build(path: Path, fmt: str, quantization: str) -> Path:
+    """Give an exporter's raw output (a cached test fixture) its manifest, once, so that it is a
+    build the backends open: a build-like folder without one is refused (globmed_edge.trust)."""
+    from globmed_edge.manifest import MANIFEST, Manifest, hash_build_files, write_manifest
+
+    if not (path / MANIFEST).is_file():
+        write_manifest(path, Manifest(name=path.name, format=fmt, quantization=quantization, bits_per_weight=None,
+                                      files=hash_build_files(path), source={"path": "tests"}))
+    return path
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import importlib.util
 

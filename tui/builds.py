@@ -92,24 +92,25 @@ def discover_builds(roots: list[Path] | None = None, results: list[Path] | None 
     from globmed_edge.errors import ModelError
     from globmed_edge.manifest import find_builds, verify_build
     from globmed_edge.paths import builds_dir
+    from globmed_edge.textsafe import clean_line
 
     speeds = _speeds(results if results is not None else default_results_files())
     found: list[BuildChoice] = []
     for path in find_builds(roots if roots is not None else [builds_dir()]):
         try:
             manifest, problems = verify_build(path, check_hashes=False)
-        except ModelError as exc:
-            found.append(BuildChoice(path.name, path, "?", "?", 0, "?", 0, problem=str(exc)))
+        except ModelError as exc:  # a malformed manifest: listed as invalid, with its reason
+            found.append(BuildChoice(clean_line(path.name), path, "?", "?", 0, "?", 0, problem=clean_line(exc)))
             continue
         langs = (manifest.source.get("languages") or manifest.extra.get("languages")
                  or _model_languages(str(manifest.source.get("id", ""))) or "?")
         if isinstance(langs, list):
             langs = ", ".join(str(x) for x in langs)
         found.append(BuildChoice(
-            manifest.name, path, manifest.format, manifest.quantization, manifest.size_bytes,
-            str(langs), expected_memory(manifest.format, manifest.size_bytes),
+            clean_line(manifest.name), path, manifest.format, clean_line(manifest.quantization),
+            manifest.size_bytes, clean_line(langs), expected_memory(manifest.format, manifest.size_bytes),
             speeds.get(str(path)) or speeds.get(manifest.name),
-            problem="; ".join(str(p) for p in problems[:2]) or None))
+            problem=clean_line("; ".join(str(p) for p in problems[:2])) or None))
     if include_embedded:
         found += _embedded(speeds)
     return found

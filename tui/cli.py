@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -31,8 +32,14 @@ def _default_lang() -> str:
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
               help="History file (default: chat/chat_history.sqlite3 under the data home).")
 @click.option("--conversation", type=int, help="Open this saved conversation (id from history).")
+@click.option("--fresh-history", is_flag=True,
+              help="If the history file is damaged, keep it aside (renamed *.damaged-<time>) and start a new one.")
+@click.option("--unverified", is_flag=True,
+              help="Run BUILD even though it has no valid manifest (its files cannot be checked); "
+                   "the app then marks it UNVERIFIED.")
 def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: int,
-         temperature: float, db: Path | None, conversation: int | None) -> None:
+         temperature: float, db: Path | None, conversation: int | None, fresh_history: bool,
+         unverified: bool) -> None:
     """Offline chat with a build on this machine (terminal app; nothing is sent anywhere).
 
     BUILD is a build folder, an HF model folder, or the name of a prepared embedded model.
@@ -48,23 +55,59 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
     from globmed_edge.tui.loader import resolve_build
 
     language = normalize(lang) if lang else _default_lang()
+    if unverified and build is None:
+        raise click.UsageError("--unverified needs BUILD: it applies to the build named, never to a whole folder")
     if prompt is not None:
+        import sys
+
         from globmed_edge.models import DEFAULT_MODEL
+        from globmed_edge.textsafe import SafeWriter
         from globmed_edge.tui.headless import run_prompt
 
         path = resolve_build(build or DEFAULT_MODEL)
-        run_prompt(path, prompt, lang=language, max_new_tokens=max_tokens, temperature=temperature)
+        _check_build(path, unverified)
+        # Model output is data: control characters never reach the terminal.
+        run_prompt(path, prompt, lang=language, max_new_tokens=max_tokens, temperature=temperature,
+                   out=SafeWriter(sys.stdout), err=SafeWriter(sys.stderr))  # type: ignore[arg-type]
         return
     from globmed_edge.deps import require
 
     require("textual", "tui")
     from globmed_edge.tui.app import ChatApp
-    from globmed_edge.tui.store import ChatStore
 
     path = resolve_build(build) if build else None
-    store = ChatStore(db)
+    if path is not None:
+        _check_build(path, unverified)
+    store = _open_store(db, fresh_history)
     try:
         ChatApp(path, lang=language, store=store, max_new_tokens=max_tokens,
                 conversation=conversation).run()
     finally:
         store.close()
+
+
+def _check_build(path: Path, unverified: bool) -> None:
+    """The manifest rule before anything starts: a refused build is a one-line error here; with
+    --unverified it runs, with a warning (the app also marks it on screen)."""
+    from globmed_edge.trust import check_model, permit_unverified
+
+    if unverified:
+        for v in permit_unverified([path]):
+            click.echo(f"warning: {v.warning()}", err=True)
+    check_model(path)
+
+
+def _open_store(db: Path | None, fresh: bool) -> Any:
+    """The history; a damaged one is an error that says what is wrong, or with --fresh-history
+    is renamed aside (never modified) and a new one started."""
+    from globmed_edge.errors import HistoryError
+    from globmed_edge.tui.store import ChatStore, default_db_path, set_aside
+
+    try:
+        return ChatStore(db)
+    except HistoryError:
+        if not fresh:
+            raise
+    aside = set_aside(db if db is not None else default_db_path())
+    click.echo(f"warning: the damaged chat history was kept as {aside}; starting a fresh one", err=True)
+    return ChatStore(db)

@@ -16,6 +16,7 @@ from typing import Any
 
 from globmed_edge.atomic import atomic_write_text
 from globmed_edge.errors import ConfigError
+from globmed_edge.textsafe import clean_line, clean_text
 from globmed_edge.tui.i18n import Translator
 from globmed_edge.tui.store import ChatStore, Conversation, StoredMessage
 
@@ -43,10 +44,19 @@ def to_json(conv: Conversation, messages: list[StoredMessage]) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 
+def _md(text: str, *, line: bool = False) -> str:
+    """Stored text for Markdown: no control characters (a viewer in a terminal would run ESC
+    sequences) and no raw HTML (Markdown renderers pass `<script>` through); `&`, `<`, `>` become
+    entities, which every renderer shows as the characters."""
+    text = clean_line(text) if line else clean_text(text)
+    return html.escape(text, quote=False)
+
+
 def to_markdown(conv: Conversation, messages: list[StoredMessage]) -> str:
     tr = Translator(conv.lang)
-    lines = [f"# {conv.title}", "", f"> {tr('safety_notice')}", "",
-             f"- {tr('col_name')}: `{conv.build or '-'}`", f"- {tr('language_title')}: {conv.lang}",
+    build = _md(conv.build or "-", line=True).replace("`", "'")
+    lines = [f"# {_md(conv.title, line=True)}", "", f"> {tr('safety_notice')}", "",
+             f"- {tr('col_name')}: `{build}`", f"- {tr('language_title')}: {_md(conv.lang, line=True)}",
              f"- {_when(conv.created_at)}", ""]
     for m in messages:
         if m.role == "system":
@@ -56,7 +66,7 @@ def to_markdown(conv: Conversation, messages: list[StoredMessage]) -> str:
         lines.append("")
         if m.role == "assistant":
             lines += [f"*{tr('answer_marker')}*", ""]
-        lines.append(m.content.rstrip() or "…")
+        lines.append(_md(m.content.rstrip()) or "…")
         if m.status not in ("complete",):
             lines += ["", f"*{status_note(tr, m.status)}*"]
         lines.append("")
@@ -130,7 +140,7 @@ def export_conversation(store: ChatStore, conv_id: int, fmt: str, out_dir: Path 
         if out_dir is None and not base.exists():
             base.mkdir(parents=True, mode=0o700)  # conversations are patient-related: owner only
         path = base / f"{conv.id:04d}-{slug(conv.title)}.{fmt}"
-    atomic_write_text(path, RENDERERS[fmt](conv, messages))
+    atomic_write_text(path, RENDERERS[fmt](conv, messages), mode=0o600)  # owner only, like the store
     return path
 
 

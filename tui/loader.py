@@ -17,16 +17,16 @@ def resolve_build(arg: str | Path) -> Path:
 
 
 def default_factory(path: Path) -> Any:
-    """Verify the build (every file re-hashed against manifest.json), then construct its backend.
+    """Apply the manifest rule (a build is re-hashed against manifest.json; a build without a
+    valid one is refused unless `--unverified` named it), then construct its backend.
 
     A GGUF build gets `threads="auto"`: before each answer llama.cpp uses the physical cores
     that other programs leave free (on a busy 2-core laptop, 2 threads can decode 3x slower
     than 1; docs/backends.md, "Threads")."""
     from globmed_edge.backends import detect_format, open_backend
-    from globmed_edge.manifest import MANIFEST, require_valid_build
+    from globmed_edge.trust import check_model
 
-    if (path / MANIFEST).is_file():
-        require_valid_build(path)
+    check_model(path)  # the one manifest rule (globmed_edge.trust); a refused build raises here
     return open_backend(path, **({"threads": "auto"} if detect_format(path) == "gguf" else {}))
 
 

@@ -10,10 +10,11 @@ from globmed_edge.tui.session import StreamStats
 
 
 class ModelLoaded(Message):
-    def __init__(self, backend: Any, seconds: float) -> None:
+    def __init__(self, backend: Any, seconds: float, unverified: str | None = None) -> None:
         super().__init__()
         self.backend = backend
         self.seconds = seconds
+        self.unverified = unverified  # why the model runs unverified (chat --unverified), else None
 
 
 class ModelFailed(Message):

@@ -15,6 +15,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import ProgressBar, Static
 
+from globmed_edge.textsafe import clean_line
 from globmed_edge.tui.messages import (
     ModelFailed,
     ModelLoaded,
@@ -55,6 +56,7 @@ class ChatScreen(Screen[None]):
         self._load_started = time.monotonic()
         self._answer_box: MessageBox | None = None
         self._status: Callable[[], str] | None = None
+        self.unverified: str | None = None  # set when the model runs with --unverified
 
     @property
     def chat_app(self) -> ChatApp:
@@ -80,7 +82,10 @@ class ChatScreen(Screen[None]):
     def apply_language(self) -> None:
         tr = self.chat_app.tr
         self.set_class(tr.rtl, "rtl")
-        self.query_one("#title", Static).update(Text(f"{tr('title')} · {self.build_name}"))
+        title = Text(f"{tr('title')} · {clean_line(self.build_name)}")
+        if self.unverified:
+            title.append(f" · ⚠ {tr('unverified')}", style="bold reverse red")
+        self.query_one("#title", Static).update(title)
         self.query_one("#notice", Static).update("⚕ " + tr("safety_notice"))
         self.query_one("#input", ChatInput).placeholder = tr("input_placeholder")
         keys = [("F1", "key_help"), ("Esc", "key_stop"), ("^P", "key_palette"),
@@ -114,6 +119,11 @@ class ChatScreen(Screen[None]):
         self.backend = message.backend
         if self.session is not None:
             self.session.backend = message.backend
+        if message.unverified:
+            self.unverified = message.unverified
+            self.apply_language()
+            self.notify(f"{self.chat_app.tr('unverified')}: {clean_line(message.unverified)}",
+                        severity="warning", timeout=20, markup=False)
         self._drop_loading()
         self.set_status(lambda: self.chat_app.tr("ready", name=self.build_name))
 

@@ -11,6 +11,8 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static
 
+from globmed_edge.textsafe import clean_line
+
 if TYPE_CHECKING:
     from globmed_edge.tui.app import ChatApp
 
@@ -62,7 +64,7 @@ class HistoryScreen(Screen[int | None]):
         query = self.query_one("#search", Input).value.strip()
         for c in store.list_conversations(query):
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated_at))
-            table.add_row(c.title[:44], c.lang, str(c.n_messages), when, key=str(c.id))
+            table.add_row(clean_line(c.title)[:44], clean_line(c.lang), str(c.n_messages), when, key=str(c.id))
 
     def _selected(self) -> int | None:
         table = self.query_one(DataTable)
@@ -123,7 +125,7 @@ class HistoryScreen(Screen[int | None]):
         tr = self.chat_app.tr
         if self._confirm_delete != conv:  # a second press deletes: no accidental loss
             self._confirm_delete = conv
-            title = store.get_conversation(conv).title
+            title = clean_line(store.get_conversation(conv).title)
             self.notify(f"{tr('key_delete')}: “{title}”? (F8)", severity="warning", markup=False)
             return
         store.delete(conv)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from globmed_edge.errors import ConfigError
+from globmed_edge.errors import ConfigError, HistoryError
 
 SCHEMA_VERSION = 1
 DB_NAME = "chat_history.sqlite3"
@@ -55,6 +55,70 @@ def default_db_path() -> Path:
     return data_home() / "chat" / DB_NAME
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _damaged(path: Path, what: str) -> HistoryError:
+    return HistoryError(f"{path}: not a usable chat history ({what}); nothing was changed. Start a fresh "
+                        "history with `globmed-edge chat --fresh-history` (this file is kept aside, renamed "
+                        f"{path.name}.damaged-<time>), or give another file with --db")
+
+
+def check_history(path: Path) -> None:
+    """Refuse, without writing anything, a history file that is not our SQLite database:
+    not a regular file, not SQLite (truncated, overwritten, foreign), corrupted, or another
+    program's database. A missing or empty file is fine (a new history)."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) and path.resolve().is_file():
+        st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _damaged(path, "not a regular file")
+    if st.st_size == 0:
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise _damaged(path, f"cannot be read: {exc.strerror}") from None
+    if head != SQLITE_MAGIC:
+        raise _damaged(path, "not an SQLite database: truncated, overwritten or another kind of file")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise _damaged(path, str(exc)) from None
+    try:
+        check = db.execute("PRAGMA quick_check").fetchone()
+        if not check or check[0] != "ok":
+            raise _damaged(path, f"corrupted: {check[0] if check else 'no result'}")
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise _damaged(path, str(exc)) from None
+    finally:
+        db.close()
+    ours = {"conversations", "messages"}
+    foreign = tables - ours - {"sqlite_sequence"}
+    if tables and (not ours <= tables or foreign):
+        raise _damaged(path, f"another program's database (tables: {', '.join(sorted(tables))})")
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename a damaged history (and its -wal/-shm files) out of the way; returns the new name."""
+    if not os.path.lexists(path):
+        return None
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if os.path.lexists(side):
+            os.replace(side, aside.with_name(aside.name + suffix))
+    return aside
+
+
 @dataclass(frozen=True)
 class StoredMessage:
     id: int
@@ -87,18 +151,24 @@ class ChatStore:
         if path is None:  # our own folder under the data home: owner only (exports live there too)
             with suppress(OSError):
                 os.chmod(self.path.parent, 0o700)
+        # Checked read-only first: a file that is not our database is never chmod-ed or written.
+        check_history(self.path)
         # Create the file with owner-only permissions before SQLite opens it.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
         os.chmod(self.path, 0o600)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a committed transaction survives a process kill (not a power cut).
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a committed transaction survives a process kill (not a power cut).
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise _damaged(self.path, str(exc)) from None
         for suffix in ("-wal", "-shm"):
             side = self.path.with_name(self.path.name + suffix)
             if side.exists():

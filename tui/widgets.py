@@ -7,6 +7,7 @@ from textual import events
 from textual.message import Message
 from textual.widgets import Static, TextArea
 
+from globmed_edge.textsafe import clean_line, clean_text
 from globmed_edge.tui.i18n import Translator
 
 #: Keys that insert a new line. Most terminals send the same byte for Enter and Shift+Enter;
@@ -90,20 +91,20 @@ class MessageBox(Static):
         if self.role == "user":
             text.append(tr("you"), style="bold")
             text.append("\n")
-            text.append(self.body)
+            text.append(clean_text(self.body))
         elif self.role == "assistant":
             text.append("⚕ " + tr("answer_marker"), style="bold italic")
             text.append("\n")
             if self.body:
-                text.append(self.body)
+                text.append(clean_text(self.body))  # model output and saved text are data
             elif self.status == "streaming":
                 text.append(tr("waiting"), style="dim")
             if self.status in ("stopped", "interrupted", "error"):
                 label = {"stopped": tr("stopped"), "interrupted": tr("interrupted"),
-                         "error": self.note}[self.status]
+                         "error": clean_line(self.note)}[self.status]
                 text.append("\n" + label, style="italic")
         else:  # emergency reminder
-            text.append("⚠ " + self.body, style="bold")
+            text.append("⚠ " + clean_text(self.body), style="bold")
         self.update(text)
 
 

@@ -35,6 +35,7 @@ def open_backend(path: str | Path, backend: str | None = None, *, isolate: bool 
     torch in this process.
     """
     path = Path(path)
+    check_threads(options.get("threads"))
     if backend is None:
         backend = FORMAT_BACKEND[detect_format(path)]
     cls = BACKENDS.load(backend)  # an unknown name fails here, with its did-you-mean
@@ -48,6 +49,29 @@ def open_backend(path: str | Path, backend: str | None = None, *, isolate: bool 
 
         return IsolatedBackend(path, backend, **options)
     return real
+
+
+def usable_cpus() -> int:
+    """Logical CPUs this process may run on (its affinity mask, else the machine's count)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_threads(threads: object) -> None:
+    """Refuse a thread count the machine cannot run: --threads 9999 made llama.cpp start 10,000
+    threads (load average 686, no progress). "auto" and None are the runtime's own choice."""
+    from globmed_edge.errors import ConfigError
+
+    if threads is None or threads == "auto":
+        return
+    limit = usable_cpus()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise ConfigError(f"threads={threads!r}: must be a whole number from 1 to {limit} "
+                          f"(the CPUs this machine lets this process use)")
 
 
 def detect_format(path: Path) -> str:

@@ -31,12 +31,12 @@ class GPTQBackend(TransformersBackend):
 
     def load(self) -> None:
         force_offline()
-        if (self.path / "manifest.json").is_file():
-            from globmed_edge.manifest import require_valid_build
+        from globmed_edge.trust import check_model
 
-            self.manifest = require_valid_build(self.path)
-            if self.manifest.format != "gptq":
-                raise ModelError(f"{self.path}: manifest format is {self.manifest.format!r}, not 'gptq'")
+        self.verification = check_model(self.path, verify=self.verify)
+        self.manifest = self.verification.manifest
+        if self.manifest is not None and self.manifest.format != "gptq":
+            raise ModelError(f"{self.path}: manifest format is {self.manifest.format!r}, not 'gptq'")
         self.quantize_config = read_quantize_config(self.path)
         torch = require("torch", "torch")
         transformers = require("transformers", "torch")

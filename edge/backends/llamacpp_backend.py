@@ -192,14 +192,14 @@ class LlamaCppBackend:
     # ------------------------------------------------------------------ lifecycle
 
     def _resolve(self) -> Path:
-        """The GGUF file to load, after checking the build against its manifest."""
-        folder = self.path if self.path.is_dir() else self.path.parent
-        if self.verify and (folder / "manifest.json").is_file():
-            from globmed_edge.manifest import require_valid_build
+        """The GGUF file to load, after the manifest rule (globmed_edge.trust) allowed it."""
+        from globmed_edge.trust import check_model
 
-            self.manifest = require_valid_build(folder)
-            if self.manifest.format != "gguf":
-                raise ModelError(f"{folder}: manifest format is {self.manifest.format!r}, not 'gguf'")
+        folder = self.path if self.path.is_dir() else self.path.parent
+        self.verification = check_model(self.path, verify=self.verify)
+        self.manifest = self.verification.manifest
+        if self.manifest is not None and self.manifest.format != "gguf":
+            raise ModelError(f"{folder}: manifest format is {self.manifest.format!r}, not 'gguf'")
         if self.path.is_file():
             return self.path
         if not self.path.is_dir():

@@ -125,8 +125,11 @@ class OnnxBackend:
     capabilities: ClassVar[Capabilities] = Capabilities(devices=("cpu", "cuda"))
 
     def __init__(self, path: str | Path, *, device: str = "cpu", threads: int | None = None,
-                 context_length: int | None = None, batch_size: int = 8, **_: Any) -> None:
+                 context_length: int | None = None, batch_size: int = 8, verify: bool = True,
+                 **_: Any) -> None:
         self.path = Path(path)
+        self.verify = verify  # False: open without the manifest rule (quantize's own fresh export)
+        self.verification: Any = None
         self.device = device
         self.threads = threads
         self.batch_size = max(1, int(batch_size))
@@ -141,12 +144,12 @@ class OnnxBackend:
     def load(self) -> None:
         ort = require("onnxruntime", "onnx")
         np = require("numpy", "onnx")
-        if (self.path / "manifest.json").is_file():
-            from globmed_edge.manifest import require_valid_build
+        from globmed_edge.trust import check_model
 
-            self.manifest = require_valid_build(self.path)
-            if self.manifest.format != "onnx":
-                raise ModelError(f"{self.path}: manifest format is {self.manifest.format!r}, not 'onnx'")
+        self.verification = check_model(self.path, verify=self.verify)
+        self.manifest = self.verification.manifest
+        if self.manifest is not None and self.manifest.format != "onnx":
+            raise ModelError(f"{self.path}: manifest format is {self.manifest.format!r}, not 'onnx'")
         cfg_path = self.path / "genai_config.json"
         if not cfg_path.is_file():
             raise ModelError(f"{self.path}: not an ONNX build (no genai_config.json)")

@@ -37,9 +37,12 @@ class TransformersBackend:
         device: str = "cpu",
         threads: int | None = None,
         dtype: str | None = None,
+        verify: bool = True,
         **_: Any,
     ) -> None:
         self.path = Path(path)
+        self.verify = verify  # False: open without the manifest rule (quantize's own fresh export)
+        self.verification: Any = None
         self.device = device
         self.threads = threads
         self.dtype_name = dtype
@@ -62,6 +65,9 @@ class TransformersBackend:
 
     def load(self) -> None:
         force_offline()
+        from globmed_edge.trust import check_model
+
+        self.verification = check_model(self.path, verify=self.verify)
         torch = require("torch", "torch")
         transformers = require("transformers", "torch")
         if not (self.path / "config.json").is_file():

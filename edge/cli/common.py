@@ -11,7 +11,10 @@ import click
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Sequence[int] = ()) -> str:
     """A plain-text table; column widths count characters (good enough for mixed scripts)."""
-    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    from globmed_edge.textsafe import clean_line
+
+    # Cells carry data (dataset names, option keys, CSV headers): no control character reaches the terminal.
+    cells = [[clean_line(c) for c in headers]] + [[clean_line(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def fmt(r: list[str]) -> str:

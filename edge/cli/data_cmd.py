@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from globmed_edge.cli.common import data_source_options, progress_enabled, table
+from globmed_edge.errors import DataError
+from globmed_edge.textsafe import clean_line
 
 
 def _inputs(fmt: str, lang: str | None, split: str | None, dataset: str | None,
@@ -65,7 +67,7 @@ def validate(sources: tuple[Path, ...], fmt: str, lang: str | None, split: str |
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
     else:
         for p in report.problems[:max_errors]:
-            click.echo(str(p))
+            click.echo(clean_line(p))
         if len(report.problems) > max_errors:
             click.echo(f"... and {len(report.problems) - max_errors} more problems")
         click.echo(
@@ -140,10 +142,16 @@ def convert(sources: tuple[Path, ...], out: Path, fmt: str, lang: str | None, sp
     import os
     import tempfile
 
+    from globmed_edge.atomic import file_mode
     from globmed_edge.data.validate import records
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    _check_output(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DataError(f"cannot write there ({exc.strerror})", out.parent) from None
+    os.fchmod(fd, file_mode(out))  # the replaced file's mode, else the umask's (mkstemp makes 0600)
     written, bad = 0, 0
     bar, tick = _progress("convert")
     try:
@@ -152,7 +160,7 @@ def convert(sources: tuple[Path, ...], out: Path, fmt: str, lang: str | None, sp
                 tick(rec)
                 if rec.problem is not None:
                     bad += 1
-                    click.echo(str(rec.problem), err=True)
+                    click.echo(clean_line(rec.problem), err=True)
                     continue
                 item = rec.item
                 assert item is not None
@@ -172,3 +180,21 @@ def convert(sources: tuple[Path, ...], out: Path, fmt: str, lang: str | None, sp
     finally:
         bar.close()
     click.echo(f"wrote {written} items to {out}" + (f" ({bad} bad records skipped)" if bad else ""), err=True)
+
+
+def _check_output(out: Path) -> None:
+    """--out must be a new path or a regular file: a device, FIFO, folder or symbolic link is
+    refused (renaming over /dev/full made the device a regular file)."""
+    import os
+    import stat
+
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DataError(f"cannot check the output path ({exc.strerror})", out) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise DataError("the output path is a symbolic link; not replaced (give the file it points to)", out)
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError("the output path is not a regular file (a device, FIFO or folder); not replaced", out)

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("globmed_edge.quantize.cli:quantize", "Export GGUF / ONNX / GPTQ builds with parity checks."),
     "bench": ("globmed_edge.bench.cli:bench", "Benchmark accuracy per language, drift and speed; write reports."),
     "chat": ("globmed_edge.tui.cli:chat", "Offline chat for clinic laptops (terminal app)."),
+    "doctor": ("globmed_edge.cli.doctor_cmd:doctor", "Check this machine, its runtimes and every build on it."),
 }
 
 
@@ -68,7 +69,10 @@ class UserError(click.ClickException):
         self.exit_code = exc.exit_code  # type: ignore[misc]
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        from globmed_edge.textsafe import clean_line
+
+        # One line, and no control character from the data the message quotes.
+        click.echo(f"error: {clean_line(self.format_message())}", err=True)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

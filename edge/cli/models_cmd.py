@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from globmed_edge.cli.common import progress_enabled, table
+from globmed_edge.textsafe import clean_line, clean_text
 
 
 def _human(n: float) -> str:
@@ -16,6 +17,12 @@ def _human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _usable_cpus() -> int:
+    from globmed_edge.backends import usable_cpus
+
+    return usable_cpus()
 
 
 @click.group()
@@ -55,12 +62,12 @@ def list_(build_roots: tuple[Path, ...], as_json: bool) -> None:
         seen.add(key)
         try:
             m, problems = verify_build(b, check_hashes=False)
-            status = "ok" if not problems else f"INVALID: {problems[0]}"
-            build_rows.append({"path": str(b), "format": m.format, "quantization": m.quantization,
+            status = "ok" if not problems else f"INVALID: {clean_line(problems[0])}"
+            build_rows.append({"path": str(b), "format": m.format, "quantization": clean_line(m.quantization),
                                "size": m.size_bytes, "parity": (m.parity or {}).get("passed"), "status": status})
         except ManifestError as exc:
             build_rows.append({"path": str(b), "format": "?", "quantization": "?", "size": 0,
-                               "parity": None, "status": f"INVALID: {exc}"})
+                               "parity": None, "status": f"INVALID: {clean_line(exc)}"})
     if as_json:
         click.echo(json.dumps({"models": model_rows, "builds": build_rows}, indent=2))
         return
@@ -161,7 +168,7 @@ def verify(build: Path) -> None:
 
     manifest, problems = verify_build(build)
     for p in problems:
-        click.echo(f"MISMATCH {p}")
+        click.echo(f"MISMATCH {clean_line(p)}")
     if problems:
         click.echo(f"{build}: {len(problems)} problem(s); do not use this build", err=True)
         raise SystemExit(1)
@@ -174,9 +181,11 @@ def verify(build: Path) -> None:
 @click.option("--prompt", default="What are the danger signs of dehydration in a child?", show_default=True)
 @click.option("--lang", default="en", show_default=True, help="Language of the sample MCQ item to answer.")
 @click.option("--max-new-tokens", default=48, show_default=True)
-@click.option("--threads", type=int, default=None, help="CPU threads (default: all).")
+@click.option("--threads", type=click.IntRange(1, _usable_cpus()), default=None, help="CPU threads (default: all).")
 @click.option("--json", "as_json", is_flag=True)
-def demo(model: str, prompt: str, lang: str, max_new_tokens: int, threads: int | None, as_json: bool) -> None:
+@click.option("--unverified", is_flag=True, help="Run MODEL even though it has no valid manifest (marked UNVERIFIED).")
+def demo(model: str, prompt: str, lang: str, max_new_tokens: int, threads: int | None, as_json: bool,
+         unverified: bool) -> None:
     """The main job on MODEL (an embedded name, a folder or a build): prepare it if needed,
     generate a short greedy reply, and answer one sample MCQ item by log-likelihood."""
     from dataclasses import asdict
@@ -187,6 +196,11 @@ def demo(model: str, prompt: str, lang: str, max_new_tokens: int, threads: int |
     from globmed_edge.models import prepare as do_prepare
 
     path = do_prepare(model, progress=progress_enabled()) if model in MODELS else resolve_model(model)
+    if unverified:
+        from globmed_edge.trust import permit_unverified
+
+        for v in permit_unverified([path]):
+            click.echo(f"warning: {v.warning()}", err=True)
     items = sample_items(lang)
     if not items:
         raise DataError(f"no sample item in language {lang!r}")
@@ -194,9 +208,9 @@ def demo(model: str, prompt: str, lang: str, max_new_tokens: int, threads: int |
     if as_json:
         click.echo(json.dumps(asdict(result), ensure_ascii=False, indent=2))
         return
-    click.echo(f"model: {result.model}")
+    click.echo(f"model: {clean_line(result.model)}" + (" (UNVERIFIED: no valid manifest)" if result.unverified else ""))
     click.echo(f"prompt: {prompt}")
-    click.echo(f"reply: {result.reply}")
+    click.echo(f"reply: {clean_text(result.reply)}")
     click.echo(f"  ({result.reply_tokens} tokens, first token after {result.ttft_s:.2f} s, "
                f"{result.decode_tokens_per_s:.1f} tokens/s)")
     click.echo(f"MCQ {result.item_id} [{result.item_lang}]: predicted {result.predicted}, gold {result.gold} "

@@ -249,6 +249,10 @@ def read_globmed(root: Path, defaults: Defaults = Defaults()) -> Iterator[Record
     if not lang_dirs:
         yield _bad(root, None, "no language folders found (expected ROOT/<lang>/<split>.json)")
         return
+    for loose in sorted([*root.glob("*.json"), *root.glob("*.jsonl")]):  # said, never dropped silently
+        if not loose.name.startswith("."):
+            yield _bad(loose, None, "outside a language folder, so not read in the GlobMed layout "
+                                    "(ROOT/<lang>/<split>.json); use --format jsonl to read it")
     for lang_dir in lang_dirs:
         if not is_valid_code(lang_dir.name):
             yield _bad(lang_dir, None, f"folder name {lang_dir.name!r} is not a language code")
@@ -383,13 +387,36 @@ def read_csv(path: Path, mapping: CsvMapping, defaults: Defaults = Defaults()) -
 # ---------------------------------------------------------------------------- dispatch
 
 
+def _visible(root: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in root.rglob(pattern)
+                  if not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _detect_dir(root: Path) -> str:
+    """`jsonl` (every *.jsonl under ROOT) or `globmed` (ROOT/<lang>/<split>.json|jsonl only).
+
+    A folder holding both language folders and JSONL files outside them is refused: reading
+    either layout alone would drop the other's files without a word (a folder with 3,885
+    top-level items and `en/extra.jsonl` was read as GlobMed: 1 item)."""
+    lang_dirs = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
+                 and is_valid_code(p.name)]
+    jsonl = _visible(root, "*.jsonl")
+    if not lang_dirs:
+        return "jsonl" if jsonl else "globmed"
+    in_layout = {f for d in lang_dirs for f in [*d.glob("*.json"), *d.glob("*.jsonl")]}
+    outside = [f for f in jsonl if f not in in_layout]
+    if not outside:
+        return "globmed"
+    raise DataError(
+        f"mixes layouts: {len(outside)} JSONL file(s) outside language folders (e.g. "
+        f"{outside[0].relative_to(root)}) and language folders ({', '.join(d.name + '/' for d in lang_dirs[:3])}); "
+        "pass --format jsonl to read every *.jsonl, or --format globmed to read only ROOT/<lang>/<split>.json",
+        root)
+
+
 def detect_format(source: Path) -> str:
     if source.is_dir():
-        if any(source.rglob("*.jsonl")) and not any(
-            p.is_dir() and is_valid_code(p.name) for p in source.iterdir()
-        ):
-            return "jsonl"
-        return "globmed"
+        return _detect_dir(source)
     suffix = source.suffix.lower()
     if suffix in (".csv", ".tsv"):
         return "csv"
