@@ -106,7 +106,7 @@ GLOBMED_LANGUAGES: tuple[str, ...] = (
 
 def is_valid_code(code: str) -> bool:
     """BCP-47-ish: a 2-3 letter ISO 639 code, optionally with subtags (`pt-BR`, `zh-Hant`)."""
-    return bool(_CODE_RE.match(code))
+    return bool(_CODE_RE.fullmatch(code))  # match() let "en\n" through ($ matches before a final newline)
 
 
 def guess_direction(text: str) -> Direction:

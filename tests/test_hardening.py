@@ -1,0 +1,314 @@
+"""Issue #16, Medium #4-#6 and #8-#12: output targets, layout detection, the results file's
+tail, permissions, damaged chat history, terminal escapes, thread counts."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from globmed_edge.cli.main import cli
+from globmed_edge.errors import ConfigError, DataError, HistoryError
+
+ITEM = {"id": "x-1", "dataset": "t", "lang": "en", "split": "test", "question": "Q?",
+        "options": {"A": "a", "B": "b"}, "answer": "A", "license": "CC0"}
+
+
+def write_items(path: Path, n: int, **extra: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({**ITEM, "id": f"{path.stem}-{i}", **extra}) + "\n" for i in range(n)),
+                    encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------- #4 convert --out
+
+
+def test_convert_refuses_special_and_linked_targets(tmp_path):
+    src = write_items(tmp_path / "in.jsonl", 3)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    real = tmp_path / "real.jsonl"
+    real.write_text("keep\n", encoding="utf-8")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    runner = CliRunner()
+    for target, why in [(fifo, "not a regular file"), (link, "symbolic link"), (Path("/dev/null"), "not a regular file")]:
+        result = runner.invoke(cli, ["data", "convert", str(src), "--out", str(target)])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith(f"error: {target}: ") and why in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink() and real.read_text() == "keep\n"
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert runner.invoke(cli, ["data", "convert", str(src), "--out", str(folder)]).exit_code != 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_convert_output_mode_follows_umask_or_the_replaced_file(tmp_path):
+    src = write_items(tmp_path / "in.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    old = os.umask(0o022)
+    try:
+        assert CliRunner().invoke(cli, ["data", "convert", str(src), "--out", str(out)]).exit_code == 0
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644  # was always 0600
+        out.chmod(0o640)
+        assert CliRunner().invoke(cli, ["data", "convert", str(src), "--out", str(out)]).exit_code == 0
+        assert stat.S_IMODE(out.stat().st_mode) == 0o640  # the target's mode is kept
+    finally:
+        os.umask(old)
+    assert len(out.read_text().splitlines()) == 2
+
+
+# ------------------------------------------------------------------ #8 manifest mode
+
+
+def test_manifest_is_readable_per_umask(tmp_path):
+    from globmed_edge.manifest import Manifest, hash_build_files, load_manifest, write_manifest
+
+    build = tmp_path / "b"
+    build.mkdir()
+    (build / "model.gguf").write_bytes(b"x")
+    old = os.umask(0o022)
+    try:
+        write_manifest(build, Manifest(name="b", format="gguf", quantization="q8_0", bits_per_weight=None,
+                                       files=hash_build_files(build), source={}))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((build / "manifest.json").stat().st_mode) == 0o644
+    assert load_manifest(build).name == "b"
+    from globmed_edge.atomic import atomic_write_text
+
+    secret = tmp_path / "secret.md"
+    atomic_write_text(secret, "x", mode=0o600)  # the chat exports ask for owner-only explicitly
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+# ---------------------------------------------------------------- #5 layout detection
+
+
+def test_mixed_layouts_are_refused_not_dropped(tmp_path):
+    from globmed_edge.data.readers import detect_format, read
+
+    root = tmp_path / "data"
+    write_items(root / "all.jsonl", 5)
+    write_items(root / "en" / "extra.jsonl", 1)
+    with pytest.raises(DataError, match=r"mixes layouts: 1 JSONL file\(s\) outside language folders \(e\.g\. all\.jsonl\)"):
+        detect_format(root)
+    result = CliRunner().invoke(cli, ["data", "stats", str(root)])
+    assert result.exit_code != 0 and "--format jsonl" in result.stderr
+    items = [r.item for r in read(root, "jsonl") if r.item is not None]
+    assert len(items) == 6  # read both on request
+    old = tmp_path / "old-layout"
+    write_items(old / "tmp" / "x.jsonl", 2)  # any 3-letter folder used to switch layouts
+    write_items(old / "top.jsonl", 4)
+    with pytest.raises(DataError, match="mixes layouts"):
+        detect_format(old)
+    recs = list(read(root, "globmed"))  # GlobMed asked for: the loose file is reported, not ignored
+    assert any(r.problem is not None and "outside a language folder" in r.problem.reason for r in recs)
+    pure = tmp_path / "globmed"
+    write_items(pure / "en" / "test.jsonl", 2)
+    assert detect_format(pure) == "globmed"
+    flat = tmp_path / "flat"
+    write_items(flat / "a.jsonl", 2)
+    write_items(flat / "nested" / "deeper" / "b.jsonl", 2)
+    assert detect_format(flat) == "jsonl"
+
+
+# ------------------------------------------------------------- #6 results file tail
+
+
+def test_complete_last_record_without_newline_is_kept(tmp_path):
+    from globmed_edge.bench.records import (
+        BuildInfo,
+        ResultsFile,
+        ThroughputRecord,
+        iter_records,
+        to_dict,
+    )
+
+    def rec(name: str) -> ThroughputRecord:
+        return ThroughputRecord(build=BuildInfo(name, f"/b/{name}", "gguf", "q8_0", 1), device="cpu", threads=1,
+                                prompt_tokens=1, new_tokens=1, repeats=1, prefill_tokens_per_s=1.0,
+                                decode_tokens_per_s=1.0, ttft_s=0.1, peak_rss_bytes=1)
+
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(to_dict(rec("a"))) + "\n" + json.dumps(to_dict(rec("b"))), encoding="utf-8")
+    results = ResultsFile(path)  # the old code truncated "b" here after loading its key
+    assert ("throughput", "b", "cpu", "1") in results
+    assert results.append(rec("c"))
+    assert [r.build.name for r in iter_records(path)] == ["a", "b", "c"]
+    path.write_bytes(path.read_bytes() + b'{"type": "throughput", "sche')  # an interrupted write
+    results = ResultsFile(path)
+    assert path.read_bytes().endswith(b"\n") and [r.build.name for r in iter_records(path)] == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------- #10 chat history
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"this is a text file\n", "not an SQLite database"),
+    (b"SQLite format 3\x00" + b"\x00" * 84, "chat history"),  # a truncated database
+    (None, "another program's database"),
+])
+def test_damaged_history_is_refused_untouched_then_set_aside(tmp_path, content, why):
+    from globmed_edge.tui.store import ChatStore
+
+    db = tmp_path / "history.sqlite3"
+    if content is None:
+        foreign = sqlite3.connect(db)
+        foreign.execute("CREATE TABLE accounts (id INTEGER, owner TEXT)")
+        foreign.commit()
+        foreign.close()
+    else:
+        db.write_bytes(content)
+    db.chmod(0o644)
+    before = (db.read_bytes(), stat.S_IMODE(db.stat().st_mode))
+    with pytest.raises(HistoryError, match=why):
+        ChatStore(db)
+    assert (db.read_bytes(), stat.S_IMODE(db.stat().st_mode)) == before  # never modified nor chmod-ed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.sqlite3"]
+    refused = CliRunner().invoke(cli, ["chat", "--db", str(db)])
+    assert refused.exit_code == 1 and "--fresh-history" in refused.stderr, refused.output
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.output
+    from globmed_edge.tui.cli import _open_store
+
+    store = _open_store(db, fresh=True)
+    try:
+        store.new_conversation("t", "en")
+    finally:
+        store.close()
+    aside = [p for p in tmp_path.iterdir() if ".damaged-" in p.name]
+    assert len(aside) == 1 and aside[0].read_bytes() == before[0]
+
+
+def test_our_history_and_a_new_file_still_open(tmp_path):
+    from globmed_edge.tui.store import ChatStore
+
+    db = tmp_path / "h.sqlite3"
+    s = ChatStore(db)
+    cid = s.new_conversation("t", "en")
+    s.close()
+    s = ChatStore(db)
+    assert s.get_conversation(cid).title == "t"
+    s.close()
+    empty = tmp_path / "empty.sqlite3"
+    empty.touch()
+    ChatStore(empty).close()
+    with pytest.raises(HistoryError, match="not a regular file"):
+        ChatStore(tmp_path)
+
+
+# ------------------------------------------------------------ #11 terminal escapes
+
+
+EVIL = "ok \x1b]52;c;ZXZpbA==\x07 \x1b[2J \x9b31m \x00\x7f<script>alert(1)</script> end"
+
+
+def test_clean_text_removes_every_control():
+    from globmed_edge.textsafe import SafeWriter, clean_line, clean_text
+
+    out = clean_text(EVIL + "\ud800\nline2\tx\r\n")
+    assert not any((ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F for c in out)
+    assert "\ud800" not in out and out.endswith("line2\tx\n") and "]52;c;ZXZpbA==" in out
+    assert "\n" not in clean_line("a\nb\u2028c") and clean_line("a\nb") == "a b"
+    buf = io.StringIO()
+    SafeWriter(buf).write("\x1b[2Jhi")
+    assert buf.getvalue() == "[2Jhi"
+
+
+def test_markdown_export_and_chat_widgets_are_clean(tmp_path):
+    from globmed_edge.tui.export import export_conversation
+    from globmed_edge.tui.store import ChatStore
+
+    store = ChatStore(tmp_path / "h.sqlite3")
+    cid = store.new_conversation("title \x1b[2J", "en", build="b\x1b]0;x\x07")
+    store.add_message(cid, "user", EVIL, lang="en")
+    store.add_message(cid, "assistant", EVIL, lang="en")
+    md = export_conversation(store, cid, "md", tmp_path / "out").read_text(encoding="utf-8")
+    store.close()
+    assert "\x1b" not in md and "\x9b" not in md and "\x07" not in md
+    assert "<script>" not in md and "&lt;script&gt;" in md
+
+
+async def test_reopened_conversation_paints_no_escape(tmp_path):
+    from test_tui_fakes import FakeBackend
+
+    from globmed_edge.tui.app import ChatApp
+    from globmed_edge.tui.store import ChatStore
+    from globmed_edge.tui.widgets import MessageBox
+
+    store = ChatStore(tmp_path / "h.sqlite3")
+    cid = store.new_conversation("t", "en")
+    store.add_message(cid, "user", EVIL, lang="en")
+    store.add_message(cid, "assistant", EVIL, lang="en")
+    app = ChatApp(Path("fake-build"), store=store, backend_factory=lambda p: FakeBackend(), conversation=cid,
+                  freeze_timings=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        for _ in range(200):
+            if app.chat is not None and len(list(app.chat.query(MessageBox))) >= 2:
+                break
+            await pilot.pause(0.02)
+        shown = [str(b.render()) for b in app.chat.query(MessageBox)] if app.chat else []
+    store.close()
+    assert len(shown) >= 2 and all("\x1b" not in t and "\x9b" not in t and "\x07" not in t for t in shown)
+    assert any("]52;c;ZXZpbA==" in t for t in shown)  # the text is shown, only the controls went
+
+
+def test_headless_output_is_clean(tmp_path, monkeypatch):
+    from test_tui_fakes import FakeBackend
+
+    import globmed_edge.tui.loader as loader
+
+    monkeypatch.setattr(loader, "default_factory", lambda p: FakeBackend(replies=[["a\x1b[2J", "\x9bb"]]))
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["chat", str(hf), "--prompt", "hi"])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\x9b" not in result.stdout and "a[2Jb" in result.stdout
+
+
+def test_data_stats_and_errors_print_no_controls(tmp_path):
+    src = write_items(tmp_path / "in.jsonl", 2, dataset="evil\x1b[2J\x9b")
+    result = CliRunner().invoke(cli, ["data", "stats", str(src)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x9b" not in result.output and "evil[2J" in result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**ITEM, "options": {"A\x1b]52;c;x\x07": "a", "B": "b"}}) + "\n", encoding="utf-8")
+    for cmd in ("validate", "stats"):
+        out = CliRunner().invoke(cli, ["data", cmd, str(bad)])
+        assert "\x1b" not in out.output and "\x07" not in out.output
+    csv = tmp_path / "h.csv"
+    csv.write_text("question\x1b[2J,opa\nQ,a\n", encoding="utf-8")
+    out = CliRunner().invoke(cli, ["data", "validate", str(csv)])
+    assert out.exit_code != 0 and "\x1b" not in out.output
+
+
+# --------------------------------------------------------------------- #12 threads
+
+
+def test_thread_counts_bounded_by_the_machine(tmp_path):
+    from globmed_edge.backends import check_threads, open_backend, usable_cpus
+
+    n = usable_cpus()
+    check_threads(n)
+    check_threads("auto")
+    for bad in (n + 1, 9999, 0, -1, True, "9"):
+        with pytest.raises(ConfigError, match=f"must be a whole number from 1 to {n}"):
+            check_threads(bad)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ConfigError, match="threads=9999"):
+        open_backend(hf, threads=9999)  # every command's backends pass through here
+    for args in (["models", "demo", str(hf), "--threads", "9999"], ["quantize", str(hf), "--threads", "9999"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and "9999" in result.output and "Traceback" not in result.output, args
