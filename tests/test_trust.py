@@ -286,7 +286,7 @@ def test_symlinks_in_a_build_are_refused_never_followed(tmp_path, monkeypatch):
     (build / "extra").symlink_to(secret / "dir")  # a linked folder, unlisted
     (build / "dangling").symlink_to(tmp_path / "nowhere")
     opened = Opened(monkeypatch)
-    manifest, problems = verify_build(build)
+    _, problems = verify_build(build)
     refused = CliRunner().invoke(main, ["models", "verify", str(build)])
     opened.active = False
     text = [str(p) for p in problems]
