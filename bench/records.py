@@ -171,8 +171,9 @@ def from_dict(data: Any, where: str = "record") -> Record:
     if unknown:
         raise DataError(f"{where}: unknown key(s) {', '.join(unknown)} in a {kind} record")
     kwargs = {k: (v if k in ("hardware", "load") else _tuples(v)) for k, v in data.items() if k != "type"}
-    if kind == "throughput":
-        kwargs["runs"] = tuple(dict(r) for r in data.get("runs", []))
+    runs = data.get("runs")
+    if kind == "throughput" and isinstance(runs, list) and all(isinstance(r, dict) for r in runs):
+        kwargs["runs"] = tuple(dict(r) for r in runs)  # anything else is refused by _check_types
     if "build" in kwargs and isinstance(data["build"], dict):
         build_keys = {f.name for f in fields(BuildInfo)}
         bad = sorted(set(data["build"]) - build_keys)
@@ -183,9 +184,67 @@ def from_dict(data: Any, where: str = "record") -> Record:
         except TypeError as exc:
             raise DataError(f"{where}: bad build in a {kind} record ({exc})") from None
     try:
-        return cls(**kwargs)  # type: ignore[no-any-return]
+        rec = cls(**kwargs)
     except TypeError as exc:
         raise DataError(f"{where}: bad {kind} record ({exc})") from None
+    _check_types(rec, where)
+    return rec  # type: ignore[no-any-return]
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (types.UnionType, typing.Union):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):  # JSON has one number type; never a bool, never a string
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_type_ok(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) and _type_ok(v, args[1]) for k, v in value.items())
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _check_types(rec: Any, where: str) -> None:
+    """Every field of a record read back has its declared type, and an accuracy record adds up:
+    a report must fail on a bad line with its place, not with a traceback or a wrong number."""
+    import json as _json
+    import typing
+
+    for obj in (rec, getattr(rec, "build", None)):
+        if obj is None or isinstance(obj, str):
+            continue
+        hints = typing.get_type_hints(type(obj))
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if not _type_ok(value, hints[f.name]):
+                shown = _json.dumps(value, default=str)[:40]
+                owner = "build." if obj is not rec else ""
+                raise DataError(f"{where}: {owner}{f.name} must be {hints[f.name]}, not {shown}".replace("typing.", ""))
+    if isinstance(rec, AccuracyRecord):
+        n = rec.n
+        per_item = {"item_ids": rec.item_ids, "gold": rec.gold, "pred": rec.pred, "pred_text": rec.pred_text,
+                    "letter_logprobs": rec.letter_logprobs}
+        wrong = [k for k, v in per_item.items() if len(v) not in (0, n)]
+        if n < 0 or not 0 <= rec.correct_letter <= max(n, 0) or wrong:
+            raise DataError(f"{where}: inconsistent accuracy record (n={n}, correct_letter={rec.correct_letter}"
+                            + (f", {wrong[0]} has {len(per_item[wrong[0]])} entries" if wrong else "") + ")")
+        expected = rec.correct_letter / n if n else 0.0
+        if abs(rec.accuracy - expected) > 1e-6:
+            raise DataError(f"{where}: inconsistent accuracy record (accuracy {rec.accuracy} but "
+                            f"{rec.correct_letter} of {n} correct)")
 
 
 def iter_records(path: Path) -> Iterator[Record]:

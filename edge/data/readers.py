@@ -109,11 +109,48 @@ def _decode_line(raw: bytes, lineno: int) -> str:
     return text
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: `{"answer": "A", ..., "answer": "B"}` silently
+    flipped the gold answer (the last one won)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise DataError(f"key {k!r} appears twice in one object")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise DataError(f"{name} is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
+def _checked(obj: Any) -> Any:
+    """Refuse what parses but cannot be written back: lone surrogates (`"\\ud800"`)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"a string holds a lone surrogate (\\u{ord(exc.object[exc.start]):04x}), "
+                        "which is not text") from None
+    except RecursionError:
+        raise DataError("invalid JSON (nested too deeply)") from None
+    return obj
+
+
 def _loads(text: str) -> Any:
     try:
-        return json.loads(text)
+        obj, end = _DECODER.raw_decode(text, len(text) - len(text.lstrip()))
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise DataError("invalid JSON (nested too deeply)") from None
+    except ValueError as exc:  # an integer literal over 4,300 digits
+        raise DataError(f"invalid JSON ({str(exc).split(';')[0][:80]})") from None
+    if text[end:].strip():
+        raise DataError(f"invalid JSON (extra data at column {end + 1})")
+    return _checked(obj)
 
 
 def _item_or_problem(path: Path, line: int | None, obj: Any) -> Record:
@@ -138,7 +175,7 @@ def _iter_jsonl_objects(path: Path) -> Iterator[tuple[int, Any | DataError]]:
 
 def _iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[tuple[int, Any | DataError]]:
     """Stream the elements of a top-level JSON array without loading the whole file."""
-    decoder = json.JSONDecoder()
+    decoder = _DECODER
     reader = codecs.getincrementaldecoder("utf-8-sig")()
     with open(path, "rb") as fh:
         buf, pos, line, eof, started = "", 0, 1, False, False
@@ -173,15 +210,19 @@ def _iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[tuple[in
                 raise DataError("expected a JSON array of records")
             pos += 1
             started = True
+            first = True
             while True:
                 skip_ws()
                 if pos >= len(buf):
                     raise DataError("truncated JSON: the array is not closed")
                 if buf[pos] == "]":
                     return
-                if buf[pos] == ",":
+                if not first:  # a missing comma between two records was accepted
+                    if buf[pos] != ",":
+                        raise DataError(f"invalid JSON (expected ',' or ']' after a record, found {buf[pos]!r})")
                     pos += 1
                     skip_ws()
+                first = False
                 start_line = line
                 while True:
                     try:
@@ -190,8 +231,16 @@ def _iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[tuple[in
                     except json.JSONDecodeError as exc:
                         if eof or not fill():
                             raise DataError(f"invalid or truncated JSON ({exc.msg})") from None
+                    except RecursionError:
+                        raise DataError("invalid JSON (nested too deeply)") from None
+                    except ValueError as exc:
+                        raise DataError(f"invalid JSON ({str(exc).split(';')[0][:80]})") from None
                 line += buf.count("\n", pos, end)
                 pos = end
+                try:
+                    obj = _checked(obj)
+                except DataError as exc:  # this record is bad; the next ones are still read
+                    obj = exc
                 yield start_line, obj
         except DataError as exc:
             yield (line if started else 1), exc
@@ -428,7 +477,7 @@ def detect_format(source: Path) -> str:
             if raw.strip():
                 try:
                     obj = json.loads(raw.decode("utf-8-sig"))
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):
                     return "jsonl"
                 return "mmedbench" if isinstance(obj, dict) and "answer_idx" in obj else "jsonl"
     return "jsonl"
