@@ -102,7 +102,7 @@ def test_protocol_options_and_capabilities(be, smollm2_gguf, tmp_path):
         LlamaCppBackend(smollm2_gguf, n_ctx=512, context_length=1024)
     with pytest.raises(BackendError, match="before load"):
         LlamaCppBackend(smollm2_gguf).tokenize("x")
-    cuda = LlamaCppBackend(smollm2_gguf, device="cuda")
+    cuda = LlamaCppBackend(smollm2_gguf, device="cuda", verify=False)  # the packaged file has no manifest
     assert cuda.n_gpu_layers == -1 and cuda.device == "cuda"
     assert LlamaCppBackend(smollm2_gguf, n_gpu_layers=8).n_gpu_layers == 8
     assert LlamaCppBackend(smollm2_gguf, device="cuda:1").main_gpu == 1
@@ -528,11 +528,16 @@ def test_threads_auto_adapts_before_each_answer(smollm2_gguf, monkeypatch):
         be.close()
 
 
-def test_chat_opens_gguf_builds_with_auto_threads(smollm2_gguf, tmp_path):
+def test_chat_opens_gguf_builds_with_auto_threads(smollm2_gguf, tmp_path, monkeypatch):
+    from globmed_edge.trust import UNVERIFIED_ENV, permit_unverified
     from globmed_edge.tui.loader import default_factory
 
     build = tmp_path / "build"
     build.mkdir()
     (build / "model.gguf").symlink_to(smollm2_gguf)
+    monkeypatch.setenv(UNVERIFIED_ENV, "")  # restored after the test
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        default_factory(build)  # a build without its manifest is refused (issue #16)
+    permit_unverified([build])  # what `chat BUILD --unverified` does
     be = default_factory(build)
     assert be.name == "llamacpp" and be.auto_threads
