@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 FORMATS = ("gguf:q8_0,q4_k_m", "onnx:int4")
-LANGS = "en,fr,ar,sw,am,zu"  # Arabic right-to-left; Swahili, Amharic (Ge'ez script), Zulu low-resource
-CLINIC = ("4", "sw,en")  # the RAM tier (GiB) and languages of the clinic the demo recommends for
+LANGS = "en,fr,hi,ar,am,zu"  # Arabic right-to-left; Hindi (Devanagari), Amharic (Ge'ez) and Zulu low-resource
+CLINIC = ("4", "am,en")  # the RAM tier (GiB) and languages of the clinic the demo recommends for
 QUESTION = "What are the danger signs of dehydration in a child?"
 
 
