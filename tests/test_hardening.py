@@ -312,3 +312,92 @@ def test_thread_counts_bounded_by_the_machine(tmp_path):
     for args in (["models", "demo", str(hf), "--threads", "9999"], ["quantize", str(hf), "--threads", "9999"]):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2 and "9999" in result.output and "Traceback" not in result.output, args
+
+
+# ------------------------------------------------------------------ Low: data readers
+
+
+def test_odd_files_inside_a_folder_are_bad_records_not_tracebacks(tmp_path):
+    from globmed_edge.data.readers import read
+
+    root = tmp_path / "data"
+    write_items(root / "good.jsonl", 2)
+    (root / "folder.jsonl").mkdir()
+    (root / "dangling.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    (root / "loop.jsonl").symlink_to(root / "loop.jsonl")
+    os.mkfifo(root / "fifo.jsonl")  # reading it would hang
+    recs = list(read(root))
+    problems = {Path(r.problem.path).name: r.problem.reason for r in recs if r.problem is not None}
+    assert sum(r.item is not None for r in recs) == 2
+    assert "folder named like a data file" in problems["folder.jsonl"]
+    assert "dangling symbolic link" in problems["dangling.jsonl"] and "link loop" in problems["loop.jsonl"]
+    assert "not a regular file" in problems["fifo.jsonl"]
+    result = CliRunner().invoke(cli, ["data", "validate", str(root)])
+    assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert "Traceback" not in result.output
+
+
+def test_special_sources_are_refused(tmp_path):
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    for source in (fifo, Path("/dev/zero")):
+        result = CliRunner().invoke(cli, ["data", "stats", str(source)])
+        assert result.exit_code == 1 and "not a regular file or folder" in result.stderr, result.output
+
+
+def test_overlong_line_is_one_bad_record(tmp_path, monkeypatch):
+    import globmed_edge.data.readers as readers
+
+    monkeypatch.setattr(readers, "MAX_LINE_BYTES", 1000)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(json.dumps(ITEM).encode() + b"\n" + b"x" * 5000)
+    recs = list(readers.read(src))
+    assert recs[0].item is not None and recs[1].problem is not None
+    assert recs[1].problem.line == 2 and "line longer than" in recs[1].problem.reason
+
+
+def test_csv_limits_tsv_and_true_line_numbers(tmp_path):
+    from globmed_edge.data.readers import CsvMapping, Defaults, read
+
+    wide = tmp_path / "wide.csv"
+    cols = [f"o{i}" for i in range(27)]
+    wide.write_text("question,answer," + ",".join(cols) + "\nQ,A," + ",".join("x" * 27) + "\n", encoding="utf-8")
+    recs = list(read(wide, mapping=CsvMapping.from_pairs(["options=" + ",".join(cols)]),
+                     defaults=Defaults(lang="en", split="test", license="CC0")))
+    assert len(recs) == 1 and recs[0].problem is not None and "27 option columns" in recs[0].problem.reason
+    tsv = tmp_path / "items.tsv"
+    tsv.write_text("question\tA\tB\tanswer\nWhich, really?\tone\ttwo\tA\n", encoding="utf-8")
+    items = [r.item for r in read(tsv, defaults=Defaults(lang="en", split="test", license="CC0"))]
+    assert items and items[0] is not None and items[0].question == "Which, really?"
+    late = tmp_path / "late.csv"
+    rows = "".join(f"Q{i},a,b,A\n" for i in range(3000))
+    late.write_bytes(("question,A,B,answer\n" + rows).encode() + b"Q\xff,a,b,A\n")
+    recs = list(read(late, defaults=Defaults(lang="en", split="test", license="CC0")))
+    bad = [r.problem for r in recs if r.problem is not None]
+    assert len(bad) == 1 and bad[0].line == 3002 and "UTF-8" in bad[0].reason
+
+
+def test_json_array_needs_commas_and_lang_needs_to_be_exact(tmp_path):
+    from globmed_edge.data.readers import read
+
+    arr = tmp_path / "en" / "test.json"
+    arr.parent.mkdir()
+    arr.write_text("[" + json.dumps(ITEM) + "\n" + json.dumps({**ITEM, "id": "x-2"}) + "]", encoding="utf-8")
+    recs = list(read(arr))
+    assert any(r.problem is not None and "expected ','" in r.problem.reason for r in recs)
+    line = tmp_path / "lang.jsonl"
+    line.write_text(json.dumps({**ITEM, "lang": "en\n"}) + "\n", encoding="utf-8")
+    assert next(iter(read(line))).problem is not None
+
+
+def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    src = write_items(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out" / "o.jsonl"
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    result = CliRunner().invoke(cli, ["data", "convert", str(src), "--out", str(out)])
+    assert result.exit_code == 1 and result.stderr.strip().endswith("cannot write the output (No space left on device)")
+    assert len(result.stderr.strip().splitlines()) == 1 and list(out.parent.iterdir()) == []

@@ -166,8 +166,12 @@ def convert(sources: tuple[Path, ...], out: Path, fmt: str, lang: str | None, sp
                 assert item is not None
                 if (only_lang and item.lang not in only_lang) or (only_split and item.split not in only_split):
                     continue
-                fh.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
+                with _write_errors(out):
+                    fh.write(json.dumps(item.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
                 written += 1
+            with _write_errors(out):  # a full disk shows here at the latest, not at close
+                fh.flush()
+                os.fsync(fh.fileno())
         if bad and not skip_bad:
             os.unlink(tmp)
             click.echo(f"error: {bad} bad record(s); nothing written (use --skip-bad to write the {written} valid ones)", err=True)
@@ -198,3 +202,18 @@ def _check_output(out: Path) -> None:
         raise DataError("the output path is a symbolic link; not replaced (give the file it points to)", out)
     if not stat.S_ISREG(st.st_mode):
         raise DataError("the output path is not a regular file (a device, FIFO or folder); not replaced", out)
+
+
+def _write_errors(out: Path) -> Any:
+    """A full or failing disk while writing is a one-line error (the temporary file is removed)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard() -> Any:
+        try:
+            yield
+        except (OSError, ValueError) as exc:  # ValueError: a float JSON cannot hold (NaN)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise DataError(f"cannot write the output ({reason})", out) from None
+
+    return guard()

@@ -161,10 +161,16 @@ def _item_or_problem(path: Path, line: int | None, obj: Any) -> Record:
         return _bad(path, line, exc.reason, item_id)
 
 
+MAX_LINE_BYTES = 64 << 20  # one record; a longer "line" (/dev/zero, a binary file) is not read whole
+
+
 def _iter_jsonl_objects(path: Path) -> Iterator[tuple[int, Any | DataError]]:
     """(line number, decoded object or the DataError explaining why it is not one)."""
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_LINE_BYTES:
+                yield lineno, DataError(f"line longer than {MAX_LINE_BYTES >> 20} MiB; not a JSONL record")
+                return
             if not raw.strip():
                 continue
             try:
@@ -307,7 +313,7 @@ def read_globmed(root: Path, defaults: Defaults = Defaults()) -> Iterator[Record
             yield _bad(lang_dir, None, f"folder name {lang_dir.name!r} is not a language code")
             continue
         for path in sorted([*lang_dir.glob("*.json"), *lang_dir.glob("*.jsonl")]):
-            yield from read_globmed_file(path, defaults)
+            yield from _guarded(path, read_globmed_file, defaults)
 
 
 def read_globmed_file(path: Path, defaults: Defaults = Defaults()) -> Iterator[Record]:
@@ -377,16 +383,33 @@ def read_mmedbench(path: Path, defaults: Defaults = Defaults()) -> Iterator[Reco
         yield _item_or_problem(path, lineno, rec)
 
 
+def _bad_utf8_line(path: Path) -> int:
+    """The 1-based line of a file's first invalid UTF-8 byte."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return 1
+
+
 def read_csv(path: Path, mapping: CsvMapping, defaults: Defaults = Defaults()) -> Iterator[Record]:
     with open(path, "rb") as raw_fh:
         fh = io.TextIOWrapper(raw_fh, encoding="utf-8-sig", newline="")
-        reader = csv.DictReader(fh)
+        reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         try:
             header = reader.fieldnames or []
         except UnicodeDecodeError:
-            yield _bad(path, 1, "not valid UTF-8; re-save the file as UTF-8")
+            yield _bad(path, _bad_utf8_line(path), "not valid UTF-8; re-save the file as UTF-8")
+            return
+        except csv.Error as exc:
+            yield _bad(path, 1, f"malformed CSV header ({exc})")
             return
         option_cols = list(mapping.options) or [c for c in header if len(c) == 1 and c in LETTERS]
+        if len(option_cols) > len(LETTERS):
+            yield _bad(path, 1, f"{len(option_cols)} option columns; at most {len(LETTERS)} (A-{LETTERS[-1]})")
+            return
         required = [mapping.question, mapping.answer, *option_cols]
         # lang and split must come from a column or a default; dataset defaults to the file name.
         optional = {"lang": mapping.lang, "split": mapping.split}
@@ -405,8 +428,8 @@ def read_csv(path: Path, mapping: CsvMapping, defaults: Defaults = Defaults()) -
                 row = next(reader)
             except StopIteration:
                 return
-            except UnicodeDecodeError:
-                yield _bad(path, reader.line_num + 1, "not valid UTF-8; re-save the file as UTF-8")
+            except UnicodeDecodeError:  # decoding runs ahead in chunks: find the line itself
+                yield _bad(path, _bad_utf8_line(path), "not valid UTF-8; re-save the file as UTF-8")
                 return
             except csv.Error as exc:
                 yield _bad(path, reader.line_num, f"malformed CSV ({exc})")
@@ -483,6 +506,23 @@ def detect_format(source: Path) -> str:
     return "jsonl"
 
 
+def _guarded(path: Path, reader: Any, defaults: Defaults) -> Iterator[Record]:
+    """One file found inside a folder: what cannot be read is a bad record, not a traceback."""
+    if path.is_symlink() and not path.exists():
+        yield _bad(path, None, "a dangling symbolic link (or a link loop)")
+        return
+    if path.is_dir():
+        yield _bad(path, None, "a folder named like a data file; not read")
+        return
+    if not path.is_file():
+        yield _bad(path, None, "not a regular file (a FIFO, device or socket); not read")
+        return
+    try:
+        yield from reader(path, defaults)
+    except OSError as exc:
+        yield _bad(path, None, f"cannot be read ({exc.strerror or exc})")
+
+
 def read(
     source: str | Path,
     fmt: str = "auto",
@@ -493,28 +533,39 @@ def read(
     """Records from one file or directory in any supported layout."""
     source = Path(source)
     if not source.exists():
-        raise DataError("no such file or directory", source)
+        raise DataError("no such file or directory" + (" (a dangling symbolic link)" if source.is_symlink() else ""),
+                        source)
+    if not source.is_dir() and not source.is_file():  # a FIFO would hang, /dev/zero never ends
+        raise DataError("not a regular file or folder (a FIFO, device or socket)", source)
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     if fmt == "auto":
-        fmt = detect_format(source)
+        try:
+            fmt = detect_format(source)
+        except OSError as exc:
+            raise DataError(f"cannot be read ({exc.strerror or exc})", source) from None
     if fmt == "jsonl":
         files = sorted(source.rglob("*.jsonl")) if source.is_dir() else [source]
         if not files:
             raise DataError("no *.jsonl files found", source)
         for f in files:
-            yield from read_jsonl(f, defaults)
+            yield from _guarded(f, read_jsonl, defaults)
     elif fmt == "globmed":
-        reader = read_globmed if source.is_dir() else read_globmed_file
-        yield from reader(source, defaults)
+        if source.is_dir():
+            yield from read_globmed(source, defaults)
+        else:
+            yield from _guarded(source, read_globmed_file, defaults)
     elif fmt == "mmedbench":
         files = sorted(source.rglob("*.jsonl")) if source.is_dir() else [source]
         for f in files:
-            yield from read_mmedbench(f, defaults)
+            yield from _guarded(f, read_mmedbench, defaults)
     else:
         if source.is_dir():
             raise DataError("csv format needs a file, not a directory", source)
-        yield from read_csv(source, mapping or CsvMapping(), defaults)
+        try:
+            yield from read_csv(source, mapping or CsvMapping(), defaults)
+        except OSError as exc:
+            yield _bad(source, None, f"cannot be read ({exc.strerror or exc})")
 
 
 def iter_items(
