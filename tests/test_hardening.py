@@ -401,3 +401,33 @@ def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeyp
     result = CliRunner().invoke(cli, ["data", "convert", str(src), "--out", str(out)])
     assert result.exit_code == 1 and result.stderr.strip().endswith("cannot write the output (No space left on device)")
     assert len(result.stderr.strip().splitlines()) == 1 and list(out.parent.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- Low: train
+
+
+@pytest.mark.parametrize("override, message", [
+    ("report_to=wandb", "report_to='wandb' is not one of none, tensorboard"),
+    ("report_to=mlflow", "is not one of none, tensorboard"),
+    ("epochs=inf", "epochs=inf: must be a finite number"),
+    ("learning_rate=nan", "learning_rate=nan: must be a finite number"),
+    ("lora_alpha=-16", "lora_alpha=-16: must be >= 1"),
+    ("save_total_limit=-1", "save_total_limit=-1: must be >= 1"),
+])
+def test_train_config_refuses_network_reporters_and_nonsense(override, message):
+    from globmed_edge.train.config import load_config, parse_overrides
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config("tiny-smoke", overrides=parse_overrides([override]))
+
+
+def test_train_resume_must_be_a_checkpoint(tmp_path):
+    from globmed_edge.train.config import load_config, parse_overrides
+    from globmed_edge.train.recipe import _resume_point
+
+    pytest.importorskip("transformers")
+    cfg = load_config("tiny-smoke", overrides=parse_overrides([f"resume={tmp_path}", f"output_dir={tmp_path / 'o'}"]))
+    with pytest.raises(ConfigError, match="not a training checkpoint"):
+        _resume_point(cfg, "fingerprint")
+    (tmp_path / "trainer_state.json").write_text("{}", encoding="utf-8")
+    assert _resume_point(cfg, "fingerprint") == str(tmp_path)

@@ -85,7 +85,9 @@ class TrainConfig:
 
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
 _HINTS = typing.get_type_hints(TrainConfig)
-_CHOICES = {"method": ("full", "lora"), "precision": ("auto", "bf16", "fp32"),
+# report_to: only reporters that write local files; wandb, mlflow, comet... send the run over the
+# network, which an offline medical toolkit never does.
+_CHOICES = {"method": ("full", "lora"), "precision": ("auto", "bf16", "fp32"), "report_to": ("none", "tensorboard"),
             "attn_implementation": ("sdpa", "eager", "flash_attention_2", "flash_attention_3")}
 
 
@@ -242,6 +244,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if not ok:
             raise ConfigError(f"{key}={getattr(cfg, key)!r}: must be {rule}")
 
+    import math
+
+    for f in fields(cfg):  # inf/nan pass every "> 0" test below
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name}={value!r}: must be a finite number")
     need(cfg.max_seq_len >= 16, "max_seq_len", ">= 16")
     need(bool(cfg.train_splits) and set(cfg.train_splits) <= {"train", "dev"}, "train_splits",
          "train and/or dev (test items are only ever benchmarked)")
@@ -255,6 +263,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.grad_accum >= 1, "grad_accum", ">= 1")
     need(cfg.epochs > 0 or cfg.max_steps > 0, "epochs", "> 0 (or set max_steps)")
     need(cfg.lora_r >= 1, "lora_r", ">= 1")
+    need(cfg.lora_alpha >= 1, "lora_alpha", ">= 1")
+    need(cfg.save_total_limit >= 1, "save_total_limit", ">= 1 (checkpoints kept)")
     need(0 <= cfg.lora_dropout < 1, "lora_dropout", "in [0, 1)")
     need(cfg.logging_steps >= 1, "logging_steps", ">= 1")
     need(cfg.save_steps >= 1, "save_steps", ">= 1")

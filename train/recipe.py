@@ -93,6 +93,8 @@ def _resume_point(cfg: TrainConfig, fingerprint: str) -> str | None:
     if cfg.resume == "auto":
         ckpt = get_last_checkpoint(str(out)) if out.is_dir() else None
     elif Path(cfg.resume).is_dir():
+        if not (Path(cfg.resume) / "trainer_state.json").is_file():
+            raise ConfigError(f"resume={cfg.resume!r}: not a training checkpoint (no trainer_state.json)")
         ckpt = cfg.resume
     else:
         raise ConfigError(f"resume={cfg.resume!r}: not 'auto', 'never' or a checkpoint folder")
