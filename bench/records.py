@@ -294,6 +294,12 @@ class ResultsFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        try:  # before any scoring: a read-only --out failed only after a whole language was scored
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab"):
+                pass
+        except OSError as exc:
+            raise DataError(f"cannot write results here ({exc.strerror or exc})", self.path) from None
         self.records: list[Record] = merge([self.path]) if self.path.is_file() else []
         self.keys = {r.key() for r in self.records}
         self._repair_tail()

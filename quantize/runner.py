@@ -138,8 +138,11 @@ def build_name(model: str, target: Target) -> str:
 @contextlib.contextmanager
 def locked(out: Path) -> Iterator[None]:
     """Hold OUT/.quantize.lock; a second run on the same folder is refused, not raced."""
-    out.mkdir(parents=True, exist_ok=True)
-    fh = open(out / LOCK, "a+")  # noqa: SIM115 - held for the whole run
+    try:  # a read-only or missing --out is one line, before any export starts
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(out / LOCK, "a+")  # noqa: SIM115 - held for the whole run
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot write builds here ({exc.strerror or exc})") from None
     try:
         try:
             import fcntl

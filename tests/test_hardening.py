@@ -431,3 +431,26 @@ def test_train_resume_must_be_a_checkpoint(tmp_path):
         _resume_point(cfg, "fingerprint")
     (tmp_path / "trainer_state.json").write_text("{}", encoding="utf-8")
     assert _resume_point(cfg, "fingerprint") == str(tmp_path)
+
+
+# ------------------------------------------------------------- Low: unwritable outputs
+
+
+def test_unwritable_outputs_fail_first_in_one_line(tmp_path, sample_mcq):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x", encoding="utf-8")
+    from globmed_edge.bench.records import ResultsFile
+
+    with pytest.raises(DataError, match="cannot write results here"):
+        ResultsFile(blocker / "results.jsonl")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["bench", "run", str(hf), "--data", str(sample_mcq), "--langs", "en",
+                                      "--limit", "1", "--out", str(blocker / "results.jsonl")])
+    assert result.exit_code == 1 and "cannot write results here" in result.stderr, result.output
+    assert "accuracy" not in result.stderr  # refused before anything was scored
+    from globmed_edge.quantize.runner import locked
+
+    with pytest.raises(ConfigError, match="cannot write builds here"), locked(blocker / "builds"):
+        pass
