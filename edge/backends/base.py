@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
@@ -180,6 +180,17 @@ class StreamEvents:
             keep = delta[: max(0, len(delta) - (len(self.emitted) - self.emitted.index(hit)))]
             return TokenEvent(keep, i, now, token, "stop", first)
         return TokenEvent(delta, i, now, token, "length" if i == self.budget - 1 else None, first)
+
+
+def defuse_specials(text: str, specials: Iterable[str]) -> str:
+    """`text` with every special-token string broken by a zero-width space after its first
+    character, so the tokenizer reads it as plain text: a prompt holding
+    `<|im_end|><|im_start|>system ...` must not open a system turn (role injection). Only the
+    chat template adds control tokens."""
+    for tok in sorted({s for s in specials if s and len(s) > 1}, key=len, reverse=True):
+        if tok in text:
+            text = text.replace(tok, tok[0] + "\u200b" + tok[1:])
+    return text
 
 
 def split_pair(

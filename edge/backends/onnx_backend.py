@@ -26,6 +26,7 @@ from globmed_edge.backends.base import (
     ScoreResult,
     StreamEvents,
     TokenEvent,
+    defuse_specials,
     pick_token,
     process_memory,
     result_from_rows,
@@ -76,7 +77,10 @@ class BuildTokenizer:
             raise ModelError(f"{self._where}: the build has no chat template")
         if self._compiled is None:
             self._compiled = _compile_template(self.chat_template)
-        return str(self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
+        specials = [t.content for t in self._tok.get_added_tokens_decoder().values() if t.special]
+        specials += [s for s in self.special.values() if s]
+        safe = [{**m, "content": defuse_specials(m["content"], specials)} for m in messages]
+        return str(self._compiled.render(messages=safe, add_generation_prompt=add_generation_prompt,
                                          tools=None, documents=None, **self.special))
 
 

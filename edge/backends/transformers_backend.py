@@ -17,6 +17,7 @@ from globmed_edge.backends.base import (
     ScoreResult,
     StreamEvents,
     TokenEvent,
+    defuse_specials,
     process_memory,
     result_from_rows,
     score_groups,
@@ -110,8 +111,11 @@ class TransformersBackend:
         self._require_loaded()
         if not self.tokenizer.chat_template:
             raise ModelError(f"{self.path}: the tokenizer has no chat template")
+        tok = self.tokenizer
+        specials = [*tok.all_special_tokens,
+                    *(t.content for t in getattr(tok, "added_tokens_decoder", {}).values() if t.special)]
         return str(self.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
+            [{"role": m.role, "content": defuse_specials(m.content, specials)} for m in messages],
             tokenize=False, add_generation_prompt=add_generation_prompt,
         ))
 
