@@ -120,11 +120,9 @@ def score_mcq(
     try:
         for start in range(0, len(items), batch_items):
             chunk = items[start: start + batch_items]
-            requests: list[ScoreRequest] = []
-            for item in chunk:
-                context = mcq_prompt(item, (shots or {}).get(item.lang, ()))
-                requests += build_requests(item, context)
-            results = backend.score(requests)
+            per_item = [build_requests(item, mcq_prompt(item, (shots or {}).get(item.lang, ()))) for item in chunk]
+            requests: list[ScoreRequest] = [r for reqs in per_item for r in reqs]
+            results = _score_naming_the_item(backend, requests, chunk, per_item)
             if len(results) != len(requests):
                 raise BackendError(
                     f"{getattr(backend, 'path', backend)}: score() returned {len(results)} results "
@@ -141,6 +139,29 @@ def score_mcq(
         if bar is not None:
             bar.close()
     return out
+
+
+def _score_naming_the_item(backend: Any, requests: list[ScoreRequest], chunk: Sequence[MCQItem],
+                           per_item: Sequence[list[ScoreRequest]]) -> list[Any]:
+    """backend.score(requests); a failure names the item it came from ("6014 tokens exceed the
+    context length 2048" alone did not say which of 30,000 items to fix). After a failed batch
+    each item is tried alone to find it, unless the runtime itself crashed."""
+    from globmed_edge.errors import GlobmedError
+
+    try:
+        return list(backend.score(requests))
+    except GlobmedError as exc:
+        culprits = [chunk[0]] if len(chunk) == 1 else []
+        if len(chunk) > 1 and type(exc).__name__ != "RuntimeCrash":  # a crashed runtime cannot be asked again
+            for item, reqs in zip(chunk, per_item, strict=True):
+                try:
+                    backend.score(reqs)
+                except GlobmedError:
+                    culprits = [item]
+                    break
+        where = (f"item {culprits[0].id!r} (dataset {culprits[0].dataset}, {culprits[0].lang})" if culprits
+                 else f"items {chunk[0].id!r}..{chunk[-1].id!r}")
+        raise BackendError(f"{where}: {exc}") from None
 
 
 def accuracy_by_lang(scores: Sequence[ItemScore], *, rule: Rule = "letter") -> dict[str, tuple[float, int]]:

@@ -511,3 +511,27 @@ def test_user_text_cannot_open_a_turn_onnx(tiny_model, cache_dir):
         assert plain and evil == plain
     finally:
         be.close()
+
+
+# ----------------------------------------------------------- Low: an overlong bench item
+
+
+def test_overlong_item_is_named(tmp_path):
+    from globmed_edge.backends.base import ScoreResult
+    from globmed_edge.bench.scorer import score_mcq
+    from globmed_edge.data.schema import parse_item
+    from globmed_edge.errors import BackendError
+
+    class Limited:  # a backend with a 100-character context, like a real one with its token limit
+        path = "limited"
+
+        def score(self, requests):
+            for r in requests:
+                if len(r.context) + len(r.continuation) > 100:
+                    raise BackendError(f"{len(r.context)} tokens exceed the context length 100")
+            return [ScoreResult(-1.0, 1, True) for _ in requests]
+
+    items = [parse_item({**ITEM, "id": f"ok-{i}"}) for i in range(3)]
+    items.insert(2, parse_item({**ITEM, "id": "too-long", "question": "word " * 50}))
+    with pytest.raises(BackendError, match=r"item 'too-long' \(dataset t, en\): \d+ tokens exceed"):
+        score_mcq(Limited(), items, batch_items=8)
