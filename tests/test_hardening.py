@@ -535,3 +535,20 @@ def test_overlong_item_is_named(tmp_path):
     items.insert(2, parse_item({**ITEM, "id": "too-long", "question": "word " * 50}))
     with pytest.raises(BackendError, match=r"item 'too-long' \(dataset t, en\): \d+ tokens exceed"):
         score_mcq(Limited(), items, batch_items=8)
+
+
+def test_convert_removes_temporaries_of_killed_runs_only(tmp_path):
+    import fcntl
+
+    src = write_items(tmp_path / "in.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    stale = tmp_path / ".out.jsonl.abc123.tmp"
+    stale.write_text("half", encoding="utf-8")
+    busy = tmp_path / ".out.jsonl.busy99.tmp"
+    busy.write_text("another convert is writing this", encoding="utf-8")
+    with open(busy, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = CliRunner().invoke(cli, ["data", "convert", str(src), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and busy.exists() and "interrupted convert" in result.stderr
+    assert len(out.read_text().splitlines()) == 2

@@ -148,9 +148,13 @@ def convert(sources: tuple[Path, ...], out: Path, fmt: str, lang: str | None, sp
     _check_output(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        removed = _sweep_stale(out)
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     except OSError as exc:
         raise DataError(f"cannot write there ({exc.strerror})", out.parent) from None
+    _lock(fd)  # held while writing: a later convert knows this temporary is not stale
+    for name in removed:
+        click.echo(f"removed {out.parent / name} (left by an interrupted convert)", err=True)
     os.fchmod(fd, file_mode(out))  # the replaced file's mode, else the umask's (mkstemp makes 0600)
     written, bad = 0, 0
     bar, tick = _progress("convert")
@@ -217,3 +221,34 @@ def _write_errors(out: Path) -> Any:
             raise DataError(f"cannot write the output ({reason})", out) from None
 
     return guard()
+
+
+def _lock(fd: int) -> bool:
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except (ImportError, OSError):
+        return False
+
+
+def _sweep_stale(out: Path) -> list[str]:
+    """Remove `.OUT.*.tmp` files of killed converts: a temporary nobody holds locked is stale."""
+    import os
+
+    removed = []
+    for tmp in sorted(out.parent.glob(f".{out.name}.*.tmp")):
+        try:
+            fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if _lock(fd):
+                os.unlink(tmp)
+                removed.append(tmp.name)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
