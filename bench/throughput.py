@@ -12,8 +12,10 @@ Definitions (per repeat; the record holds the medians and every repeat):
   chat-template rendering, tokenisation and the prefill of the whole prompt);
 * prefill tokens/s = prompt tokens / TTFT;
 * decode tokens/s = (tokens streamed - 1) / (time of last token - time of first token);
-* peak RSS = the child's maximum resident set (ru_maxrss; it counts mmapped weight pages that
-  were touched), CUDA: peak allocated and reserved bytes from torch.
+* peak RSS = the child's maximum resident set (VmHWM of /proc/self/status on Linux; it counts
+  mmapped weight pages that were touched), CUDA: peak allocated and reserved bytes from torch.
+  Not ru_maxrss: on Linux a child started by fork + exec inherits its parent's high-water mark
+  there, so a child of a `bench run` that had loaded a torch model reported that model's peak.
 
 Threads: `threads="auto"` measures what the chat app gets: GGUF builds open with llama.cpp's
 "auto" policy (the physical cores other programs leave free, re-read before each generation),
@@ -172,6 +174,24 @@ def _gguf_metadata(path: Path) -> dict[str, Any]:
     return out
 
 
+def own_peak_rss() -> int | None:
+    """This process's own peak RSS in bytes (VmHWM: the high-water mark of its own address space,
+    which exec starts afresh, unlike ru_maxrss); None where /proc is not available."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _peak(backend: Any) -> int:
+    own = own_peak_rss()
+    return own if own is not None else int(backend.memory().peak_rss_bytes)
+
+
 def _cpu_busy() -> tuple[float, float]:
     """(busy CPU seconds of the whole machine, CPU seconds of this process) so far."""
     import psutil
@@ -263,7 +283,8 @@ def run_in_this_process(spec: ThroughputSpec) -> dict[str, Any]:
         load = machine_load(start, _sample())
         load["loadavg_1m_before"] = load_before
         load["loadavg_1m_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        mem = backend.memory()
+        mem = asdict(backend.memory())
+        mem["peak_rss_bytes"] = _peak(backend)
         shape = kv_shape(spec.path, backend)
         if spec.long_context and shape:
             reset = getattr(backend, "reset_cache", None)
@@ -273,11 +294,11 @@ def run_in_this_process(spec: ThroughputSpec) -> dict[str, Any]:
             prompt = len(backend.tokenize(backend.render_chat(req.messages)))
             for _ev in backend.stream(req):
                 pass
-            long = {"prompt_tokens": prompt, "peak_rss_bytes": backend.memory().peak_rss_bytes}
+            long = {"prompt_tokens": prompt, "peak_rss_bytes": _peak(backend)}
     finally:
         backend.close()
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    return {"runs": runs, "median": med, "memory": asdict(mem), "hardware": profile(),
+    return {"runs": runs, "median": med, "memory": mem, "hardware": profile(),
             "backend": type(backend).__name__, "load": load, "kv": shape, "long": long}
 
 

@@ -112,3 +112,20 @@ def test_bench_run_threads_auto_records_load_shape_and_spread(default_model: Pat
     assert t.kv_bytes_per_token == 2 * 30 * 3 * 64 * 4 and t.context_tokens == CHAT_CONTEXT
     rec = CliRunner().invoke(cli, ["bench", "recommend", "--results", str(out), "--ram", "4"])
     assert rec.exit_code == 0 and "threads auto" in rec.output and "KV cache" in rec.output
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_a_child_peak_rss_is_its_own_not_its_parents() -> None:
+    """ru_maxrss survives fork + exec on Linux: a child of a big process reported the parent's peak."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(400 * 1024**2)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: 400 MiB resident here
+    code = ("import resource; from globmed_edge.bench.throughput import own_peak_rss; "
+            "print(own_peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    own, inherited = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                             check=True).stdout.split())
+    del ballast
+    assert own < 200 * 1024**2  # a bare interpreter; ru_maxrss said `inherited` (>= 400 MiB on Linux 6.x here)
+    assert inherited > 0
