@@ -52,19 +52,36 @@ def versions() -> dict[str, str]:
     return out
 
 
+def llama_runtime() -> dict[str, Any] | None:
+    """The llama.cpp runtime this process loaded (portable/native, CPU kernel variant), if any."""
+    import sys
+
+    if "llama_cpp" not in sys.modules:
+        return None
+    from globmed_edge.backends.llamacpp_runtime import runtime_info
+
+    return runtime_info().as_dict()
+
+
 def profile() -> dict[str, Any]:
     import psutil
 
+    from globmed_edge.cpu import cpu_info
+
+    cpu = cpu_info()
     return {
         "host": platform.node(),
         "os": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
         "python": platform.python_version(),
         "cpu": cpu_model(),
+        "cpu_features": list(cpu.features),
+        "x86_64_level": cpu.x86_level,
         "cores_logical": psutil.cpu_count(logical=True),
         "cores_physical": psutil.cpu_count(logical=False),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_bytes": psutil.virtual_memory().total,
         "gpus": gpus(),
         "libraries": versions(),
+        "llama_cpp_runtime": llama_runtime(),
     }

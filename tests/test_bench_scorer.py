@@ -141,9 +141,14 @@ def test_scorer_on_tiny_model(tiny_model: Path) -> None:
         for it, s in zip(items, scores, strict=True):
             assert s.letter_logprobs == pytest.approx(_direct_letter_logprobs(be, it), abs=1e-4)
             assert all(x < 0 for x in s.letter_logprobs + s.text_logprobs_norm)
-        # batching does not change the numbers
+        # batching does not change the numbers (to float32 round-off: the packed forward passes
+        # differ in shape, and on AVX-512/AMX CPUs torch's kernels then round differently, ~1e-6)
         again = score_mcq(be, items, batch_items=1)
-        assert [s.letter_logprobs for s in again] == pytest.approx([s.letter_logprobs for s in scores], abs=1e-4)
+        assert len(again) == len(scores)
+        for a, b in zip(again, scores, strict=True):
+            assert len(a.letter_logprobs) == len(b.letter_logprobs) == len(a.text_logprobs_norm)
+            assert list(a.letter_logprobs) == pytest.approx(list(b.letter_logprobs), abs=1e-4)
+            assert list(a.text_logprobs_norm) == pytest.approx(list(b.text_logprobs_norm), abs=1e-4)
     finally:
         be.close()
 

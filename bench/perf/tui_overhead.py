@@ -3,9 +3,10 @@
 Measures, in one process and with the runs interleaved (direct, TUI, direct, TUI, ...):
 
 * time to first paint and time to model ready of the app (`ChatApp.run_test`, headless);
-* time to first token and decode tokens/s of the same greedy request, through the app's worker
-  and directly through `backend.stream` (same system prompt, question and token budget), the
-  direct runs in a fresh thread like the app's worker. Nothing decodes on the main thread: while
+* time to first token and decode tokens/s of the same greedy request, through the app (its
+  worker thread, and for llama.cpp/onnx builds the runtime's child process) and directly through
+  an in-process `backend.stream` (same system prompt, question and token budget), the direct
+  runs in a fresh thread like the app's worker. Nothing decodes on the main thread: while
   a thread that has run llama.cpp's OpenMP compute is alive, decoding from any other thread is
   ~40% slower (docs/backends.md, "Threads"), and the main thread lives as long as the process;
 * key presses handled while tokens stream (latency of `pilot.press` and that the text arrived).
@@ -28,6 +29,17 @@ import time
 from pathlib import Path
 
 QUESTION = "What are the danger signs of dehydration in a young child?"
+
+
+def load_direct(build: Path):
+    """The build's backend in this process, with the app's options but no worker process: the
+    app serves native runtimes from a child process (tui/loader.py), so TUI/direct includes the
+    cost of that process boundary as well as the UI's."""
+    from globmed_edge.backends import detect_format, open_backend
+
+    backend = open_backend(build, isolate=False, **({"threads": "auto"} if detect_format(build) == "gguf" else {}))
+    backend.load()
+    return backend
 
 
 def direct_in_thread(backend, tokens: int) -> tuple[float, float, int]:
@@ -116,11 +128,11 @@ def main() -> None:
     import globmed_edge.tui.app  # noqa: F401  (textual + the app, cold)
 
     import_s = time.perf_counter() - t0
-    from globmed_edge.tui.loader import load_backend, resolve_build
+    from globmed_edge.tui.loader import resolve_build
 
     build = resolve_build(args.build)
     t0 = time.perf_counter()
-    backend = load_backend(build)
+    backend = load_direct(build)
     direct_load_s = time.perf_counter() - t0
     direct_in_thread(backend, 4)  # warm-up (first call pays one-off allocations)
 
@@ -130,7 +142,7 @@ def main() -> None:
         for i in range(args.runs):
             # A freshly loaded backend per run, as each TUI run loads its own: llama.cpp keeps its
             # KV cache between calls, so a reused backend would skip the prefill of the same prompt.
-            fresh = load_backend(build)
+            fresh = load_direct(build)
             direct.append(direct_in_thread(fresh, args.tokens))
             fresh.close()
             tui.append(asyncio.run(tui_run(build, args.tokens, Path(tmp) / f"{i}.sqlite3", keys=False)))
