@@ -25,6 +25,7 @@ from globmed_edge.tui.screen_history import HistoryScreen
 from globmed_edge.tui.screen_modals import HelpScreen, LanguageScreen
 from globmed_edge.tui.screen_picker import PickerScreen
 from globmed_edge.tui.store import ChatStore
+from globmed_edge.tui.widgets import ChatInput
 
 
 class ChatApp(App[None]):
@@ -53,6 +54,8 @@ class ChatApp(App[None]):
         self.freeze_timings = freeze_timings
         self.initial_conversation = conversation
         self.backend: Any = None
+        self.path: Path | None = None  # the build open now
+        self.draft = ""  # text typed in the chat before F9 chose another model
         self.chat: ChatScreen | None = None
         self.last_exports: list[Path] = []
         self.started = time.perf_counter()
@@ -75,6 +78,7 @@ class ChatApp(App[None]):
     # ------------------------------------------------------------------ model
 
     def open_build(self, path: Path, name: str | None = None) -> None:
+        self.path = path
         self.chat = ChatScreen(name or build_label(path))
         if isinstance(self.screen, PickerScreen):
             self.switch_screen(self.chat)
@@ -102,6 +106,32 @@ class ChatApp(App[None]):
         self.model_ready = time.perf_counter() - self.started
         screen.post_message(ModelLoaded(backend, time.perf_counter() - start,
                                         verification.reason if verification.unverified else None))
+
+    def reload_build(self, screen: ChatScreen) -> None:
+        if self.path is not None:
+            self._load(self.path, screen)
+
+    def drop_backend(self) -> None:
+        """Close the backend (a crashed runtime's child is reaped); the screen keeps its state."""
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
+
+    def action_pick_build(self) -> None:
+        """F9: choose another build; the conversation and the typed text come along."""
+        from globmed_edge.tui.builds import discover_builds
+
+        chat = self.chat
+        if chat is not None:
+            if chat.generating:
+                self.notify(self.tr("busy"), markup=False)
+                return
+            self.draft = chat.query_one("#input", ChatInput).text
+            conv = chat.session.conv_id if chat.session is not None else None
+            self.initial_conversation = conv
+        self.drop_backend()
+        choices = self.choices if self.choices is not None else discover_builds()
+        self.switch_screen(PickerScreen(choices, self.free_memory))
 
     def on_unmount(self) -> None:
         if self.chat is not None and self.chat.generating:

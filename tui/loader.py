@@ -20,6 +20,8 @@ def default_factory(path: Path) -> Any:
     """Apply the manifest rule (a build is re-hashed against manifest.json; a build without a
     valid one is refused unless `--unverified` named it), then construct its backend.
 
+    llama.cpp and onnxruntime builds are served from a child process (backends/isolated.py), so
+    that a native crash costs the answer in progress and the app says so (RuntimeCrash).
     A GGUF build gets `threads="auto"`: before each answer llama.cpp uses the physical cores
     that other programs leave free (on a busy 2-core laptop, 2 threads can decode 3x slower
     than 1; docs/backends.md, "Threads")."""
@@ -27,7 +29,8 @@ def default_factory(path: Path) -> Any:
     from globmed_edge.trust import check_model
 
     check_model(path)  # the one manifest rule (globmed_edge.trust); a refused build raises here
-    return open_backend(path, **({"threads": "auto"} if detect_format(path) == "gguf" else {}))
+    # native runtimes run in a child process: a crash there ends the answer, not the app
+    return open_backend(path, isolate="native", **({"threads": "auto"} if detect_format(path) == "gguf" else {}))
 
 
 def load_backend(path: Path, factory: BackendFactory | None = None) -> Any:

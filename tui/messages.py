@@ -41,8 +41,9 @@ class StreamDone(Message):
 
 
 class StreamFailed(Message):
-    def __init__(self, text: str, error: str, stats: StreamStats | None) -> None:
+    def __init__(self, text: str, error: str, stats: StreamStats | None, crashed: str | None = None) -> None:
         super().__init__()
         self.text = text
         self.error = error
         self.stats = stats
+        self.crashed = crashed  # the runtime's process died ("SIGSEGV"...): the model must be reloaded

@@ -44,6 +44,8 @@ class ChatScreen(Screen[None]):
         Binding("f5,ctrl+r", "regenerate", "Regenerate", priority=True),
         Binding("f6", "copy", "Copy", priority=True),
         Binding("f7,ctrl+n", "new", "New", priority=True),
+        Binding("f8", "reload", "Reload", priority=True),
+        Binding("f9", "app.pick_build", "Models", priority=True),
     ]
 
     def __init__(self, build_name: str) -> None:
@@ -57,6 +59,7 @@ class ChatScreen(Screen[None]):
         self._answer_box: MessageBox | None = None
         self._status: Callable[[], str] | None = None
         self.unverified: str | None = None  # set when the model runs with --unverified
+        self.crashed: str | None = None  # set when the model's runtime process died (F8 reloads it)
 
     @property
     def chat_app(self) -> ChatApp:
@@ -74,6 +77,9 @@ class ChatScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.apply_language()
+        draft, self.chat_app.draft = self.chat_app.draft, ""
+        if draft:  # typed before another model was chosen (F9): kept
+            self.query_one("#input", ChatInput).load_text(draft)
         self.query_one("#input").focus()
         self.set_status(lambda: self.chat_app.tr("loading", name=self.build_name))
 
@@ -169,7 +175,8 @@ class ChatScreen(Screen[None]):
             self.notify(tr("busy"), markup=False)
             return
         if self.backend is None:
-            self.notify(tr("not_ready"), severity="warning", markup=False)
+            self.notify(tr("runtime_crashed", reason=self.crashed) if self.crashed else tr("not_ready"),
+                        severity="warning", markup=False)
             return
         self.query_one("#input", ChatInput).clear()
         if self.session is None:
@@ -207,8 +214,13 @@ class ChatScreen(Screen[None]):
                     last = now
                     self.post_message(StreamUpdate(turn.content, stats))
         except Exception as exc:  # shown to the user; the conversation is kept
+            from globmed_edge.backends.isolated import RuntimeCrash, signal_name
+
             text = session.turns[-1].content if session.turns else ""
-            self.post_message(StreamFailed(text, f"{type(exc).__name__}: {exc}", stats))
+            crashed = None
+            if isinstance(exc, RuntimeCrash):
+                crashed = signal_name(exc.signal_number) if exc.signal_number else "exit"
+            self.post_message(StreamFailed(text, f"{type(exc).__name__}: {exc}", stats, crashed))
             return
         final = session.turns[-1]
         self.post_message(StreamDone(final.content, final.status,
@@ -238,6 +250,11 @@ class ChatScreen(Screen[None]):
     def on_stream_failed(self, message: StreamFailed) -> None:
         self._set_generating(False)
         text = self.chat_app.tr("answer_failed", error=message.error)
+        if message.crashed:  # the runtime is gone: say so in the user's language, keep everything else
+            self.crashed = message.crashed
+            self.backend = None
+            self.chat_app.drop_backend()
+            text = self.chat_app.tr("runtime_crashed", reason=message.crashed)
         if self._answer_box is not None:
             self._answer_box.set_content(message.text, "error", text)
         self.set_status(text)
@@ -248,6 +265,20 @@ class ChatScreen(Screen[None]):
     def action_stop(self) -> None:
         if self.generating:
             self._cancel.set()
+
+    def action_reload(self) -> None:
+        """F8: load the same build again (after its runtime crashed, or at any time)."""
+        if self.generating:
+            self.notify(self.chat_app.tr("busy"), markup=False)
+            return
+        self.crashed = None
+        self.backend = None
+        self.chat_app.drop_backend()
+        if not self.query("#loading"):
+            self.mount(ProgressBar(total=None, show_eta=False, show_percentage=False, id="loading"),
+                       before=self.query_one("#status"))
+        self.set_status(lambda: self.chat_app.tr("loading", name=self.build_name))
+        self.chat_app.reload_build(self)
 
     def action_regenerate(self) -> None:
         tr = self.chat_app.tr

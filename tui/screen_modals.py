@@ -20,6 +20,7 @@ HELP_KEYS = [
     ("Enter", "key_send"), ("Ctrl+J", "key_newline"), ("Esc", "key_stop"),
     ("F5 / Ctrl+R", "key_regenerate"), ("F6", "key_copy"), ("F2 / Ctrl+O", "key_history"),
     ("F3", "key_export"), ("F4 / Ctrl+L", "key_language"), ("F7 / Ctrl+N", "key_new"),
+    ("F8", "key_reload"), ("F9", "key_pick"),
     ("Ctrl+P", "key_palette"), ("F1", "key_help"), ("Ctrl+Q", "key_quit"),
 ]
 

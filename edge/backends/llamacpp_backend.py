@@ -26,7 +26,6 @@ import os
 import re
 import threading
 import weakref
-from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,7 +45,6 @@ from globmed_edge.backends.base import (
     score_groups,
 )
 from globmed_edge.backends.onnx_backend import SPECIAL_KEYS, _compile_template
-from globmed_edge.deps import require
 from globmed_edge.errors import BackendError, ConfigError, ModelError, UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -60,36 +58,14 @@ OPTIONS = ("device", "threads", "n_ctx", "context_length", "n_batch", "n_gpu_lay
 _SPECIAL_META = {"bos_token": "bos", "eos_token": "eos", "unk_token": "unknown", "pad_token": "padding",
                  "sep_token": "seperator", "cls_token": "cls", "mask_token": "mask"}
 
-_errors: deque[str] = deque(maxlen=8)  # llama.cpp's error lines since the last load, for messages
-_log_callback: Any = None  # kept referenced: llama.cpp holds a raw pointer to it
-
-
-def _route_logs(llama_cpp: Any) -> None:
-    """Send llama.cpp's (and ggml's) log output to `log.debug` instead of stderr."""
-    global _log_callback
-    if _log_callback is not None:
-        return
-
-    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-    def callback(level: int, text: bytes, user_data: Any) -> None:
-        line = (text or b"").decode("utf-8", "replace").strip()
-        if line:
-            if level == 4:  # GGML_LOG_LEVEL_ERROR (0 none, 1 debug, 2 info, 3 warn, 5 continued)
-                _errors.append(line)
-            log.debug("llama.cpp: %s", line)
-
-    _log_callback = callback
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-
-
 @functools.cache
 def gpu_offload_supported() -> bool:
     """Whether the installed llama-cpp-python was built with a GPU backend (CUDA, Metal...)."""
     if importlib.util.find_spec("llama_cpp") is None:
         return False
-    import llama_cpp
+    from globmed_edge.backends import llamacpp_runtime
 
-    return bool(llama_cpp.llama_supports_gpu_offload())
+    return bool(llamacpp_runtime.load().llama_supports_gpu_offload())
 
 
 def physical_cores() -> int:
@@ -211,18 +187,20 @@ class LlamaCppBackend:
         return files[0]
 
     def load(self) -> None:
-        llama_cpp = require("llama_cpp", "gguf")
+        from globmed_edge.backends import llamacpp_runtime
+
+        llama_cpp = llamacpp_runtime.load()
         self.close()
         self.model_file = self._resolve()
         if self.n_gpu_layers and not gpu_offload_supported():
             raise BackendError(f"n_gpu_layers={self.n_gpu_layers} ({self.device}) requested but this "
                                "llama-cpp-python was built without GPU offload (CPU build)")
-        _route_logs(llama_cpp)
-        _errors.clear()
+        errors = llamacpp_runtime.recent_errors
+        errors.clear()
         threads = int(self.threads or physical_cores())
         self.current_threads = threads
         try:
-            llm = llama_cpp.Llama(
+            llm = llamacpp_runtime.new_llama(
                 model_path=str(self.model_file), n_ctx=self.n_ctx, n_batch=self.n_batch,
                 n_ubatch=self.n_batch, n_threads=threads, n_threads_batch=threads,
                 n_gpu_layers=self.n_gpu_layers, main_gpu=self.main_gpu, seed=self.seed, logits_all=False,
@@ -230,7 +208,7 @@ class LlamaCppBackend:
                 verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             # llama.cpp's first error line is the specific one ("invalid magic characters...")
-            detail = _errors[0] if _errors else str(exc).splitlines()[0]
+            detail = errors[0] if errors else str(exc).splitlines()[0]
             raise ModelError(f"{self.model_file}: llama.cpp cannot load this GGUF "
                              f"({' '.join(detail.split())[:200]})") from None
         self.llm = llm
