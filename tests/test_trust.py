@@ -218,7 +218,7 @@ async def test_chat_app_refuses_then_marks_the_title(tmp_path):
 
 
 class Opened:
-    """Every path this process opens (audit hook) or stats (os.stat/os.lstat), as it resolves."""
+    """Every path this process opens or lists (audit hooks) or stats (os.stat/os.lstat), as it resolves."""
 
     def __init__(self, monkeypatch) -> None:
         self.paths: list[str] = []
@@ -240,9 +240,9 @@ class Opened:
         monkeypatch.setattr(os, "lstat", lstat)
 
         def hook(event, args):
-            if self.active and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
-                p = os.fsdecode(args[0])
-                self.paths.append(os.path.realpath(p))
+            if (self.active and event in ("open", "os.listdir", "os.scandir") and args
+                    and isinstance(args[0], (str, bytes, os.PathLike))):
+                self.paths.append(os.path.realpath(os.fsdecode(args[0])))
 
         sys.addaudithook(hook)
 
@@ -296,6 +296,10 @@ def test_symlinks_in_a_build_are_refused_never_followed(tmp_path, monkeypatch):
     assert not any("651" in t for t in text)  # no size oracle for a file outside
     assert refused.exit_code == 1
     assert opened.outside(secret) == []
+    opened.active = True  # the recorder does see a stat that follows the link (the old code's is_file())
+    (build / "model.gguf").is_file()
+    opened.active = False
+    assert opened.outside(secret) != []
     with pytest.raises(ManifestError, match="only regular files"):
         hash_build_files(build)
 
