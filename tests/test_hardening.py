@@ -287,9 +287,10 @@ def test_data_stats_and_errors_print_no_controls(tmp_path):
         out = CliRunner().invoke(cli, ["data", cmd, str(bad)])
         assert "\x1b" not in out.output and "\x07" not in out.output
     csv = tmp_path / "h.csv"
-    csv.write_text("question\x1b[2J,opa\nQ,a\n", encoding="utf-8")
+    # OSC sequences: click strips only CSI ones (ESC [) from output that is not a terminal
+    csv.write_text("question\x1b]0;pwn\x07,opa\nQ,a\n", encoding="utf-8")
     out = CliRunner().invoke(cli, ["data", "validate", str(csv)])
-    assert out.exit_code != 0 and "\x1b" not in out.output
+    assert out.exit_code != 0 and "\x1b" not in out.output and "\x07" not in out.output and "]0;pwn" in out.output
 
 
 # --------------------------------------------------------------------- #12 threads
