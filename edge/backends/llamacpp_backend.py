@@ -39,6 +39,7 @@ from globmed_edge.backends.base import (
     ScoreResult,
     StreamEvents,
     TokenEvent,
+    defuse_specials,
     pick_token,
     process_memory,
     result_from_rows,
@@ -162,6 +163,7 @@ class LlamaCppBackend:
         self._n_vocab = 0
         self._template: Any = None
         self._special: dict[str, str | None] = {}
+        self._control: list[str] | None = None  # control token texts, read on first render_chat
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
@@ -223,6 +225,7 @@ class LlamaCppBackend:
             tid = self.metadata.get(f"tokenizer.ggml.{meta}_token_id")
             if tid is not None and tid.lstrip("-").isdigit() and 0 <= int(tid) < self._n_vocab:
                 self._special[key] = llama_cpp.llama_vocab_get_text(self._vocab, int(tid)).decode("utf-8")
+        self._control = None
         self._template = None
         self.evaluated_tokens = 0
         log.debug("loaded %s (%d threads, n_ctx %d, %d GPU layers)", self.model_file, threads,
@@ -291,8 +294,16 @@ class LlamaCppBackend:
                 raise ModelError(f"{self.model_file}: the GGUF has no chat template "
                                  "(metadata key tokenizer.chat_template)")
             self._template = _compile_template(source)
+        if self._control is None:
+            # Control and user-defined tokens (<|im_start|>...) written in a message are defused
+            # before the template runs, so user text cannot open a turn (role injection).
+            import llama_cpp
+
+            flags = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+            self._control = [llama_cpp.llama_vocab_get_text(self._vocab, i).decode("utf-8", "replace")
+                             for i in range(self._n_vocab) if llama_cpp.llama_vocab_get_attr(self._vocab, i) & flags]
         return str(self._template.render(
-            messages=[{"role": m.role, "content": m.content} for m in messages],
+            messages=[{"role": m.role, "content": defuse_specials(m.content, self._control)} for m in messages],
             add_generation_prompt=add_generation_prompt, tools=None, documents=None,
             **{k: self._special.get(k) for k in SPECIAL_KEYS}))
 
