@@ -50,3 +50,23 @@ async def test_a_runtime_crash_is_shown_and_f8_reloads(tmp_path):
         await ask(pilot, chat, "again")
         assert boxes(chat, "assistant")[-1].status == "complete"
         assert boxes(chat, "assistant")[-1].body == "".join(WORDS)
+
+
+def test_chat_threads_option_is_bounded_and_reaches_the_backend(monkeypatch):
+    from click.testing import CliRunner
+
+    from globmed_edge.cli.main import cli
+    from globmed_edge.tui import loader
+
+    for bad in ("0", "9999", "many"):
+        r = CliRunner().invoke(cli, ["chat", "--threads", bad, "--prompt", "hi"])
+        assert r.exit_code == 2 and "--threads" in r.output, r.output
+    seen: list[object] = []
+    import globmed_edge.backends as backends
+
+    monkeypatch.setattr(backends, "open_backend", lambda path, **kw: seen.append(kw))
+    monkeypatch.setattr(backends, "detect_format", lambda path: "gguf")
+    monkeypatch.setattr("globmed_edge.trust.check_model", lambda path: None)
+    loader.threads_factory(1)(Path("b"))
+    loader.default_factory(Path("b"))
+    assert seen == [{"isolate": "native", "threads": 1}, {"isolate": "native", "threads": "auto"}]

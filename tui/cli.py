@@ -34,12 +34,15 @@ def _default_lang() -> str:
 @click.option("--conversation", type=int, help="Open this saved conversation (id from history).")
 @click.option("--fresh-history", is_flag=True,
               help="If the history file is damaged, keep it aside (renamed *.damaged-<time>) and start a new one.")
+@click.option("--threads", metavar="N|auto", default=None,
+              help="CPU threads for the model (default: auto for GGUF builds: the cores other "
+                   "programs leave free, checked before each answer).")
 @click.option("--unverified", is_flag=True,
               help="Run BUILD even though it has no valid manifest (its files cannot be checked); "
                    "the app then marks it UNVERIFIED.")
 def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: int,
          temperature: float, db: Path | None, conversation: int | None, fresh_history: bool,
-         unverified: bool) -> None:
+         threads: str | None, unverified: bool) -> None:
     """Offline chat with a build on this machine (terminal app; nothing is sent anywhere).
 
     BUILD is a build folder, an HF model folder, or the name of a prepared embedded model.
@@ -52,9 +55,10 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
       globmed-edge chat BUILD --prompt "Signs of severe dehydration in a child?"
     """
     from globmed_edge.tui.i18n import normalize
-    from globmed_edge.tui.loader import resolve_build
+    from globmed_edge.tui.loader import resolve_build, threads_factory
 
     language = normalize(lang) if lang else _default_lang()
+    factory = threads_factory(_threads(threads)) if threads is not None else None
     if unverified and build is None:
         raise click.UsageError("--unverified needs BUILD: it applies to the build named, never to a whole folder")
     if prompt is not None:
@@ -68,7 +72,8 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
         _check_build(path, unverified)
         # Model output is data: control characters never reach the terminal.
         run_prompt(path, prompt, lang=language, max_new_tokens=max_tokens, temperature=temperature,
-                   out=SafeWriter(sys.stdout), err=SafeWriter(sys.stderr))  # type: ignore[arg-type]
+                   out=SafeWriter(sys.stdout), err=SafeWriter(sys.stderr),  # type: ignore[arg-type]
+                   backend_factory=factory)
         return
     from globmed_edge.deps import require
 
@@ -81,9 +86,26 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
     store = _open_store(db, fresh_history)
     try:
         ChatApp(path, lang=language, store=store, max_new_tokens=max_tokens,
-                conversation=conversation).run()
+                conversation=conversation, backend_factory=factory).run()
     finally:
         store.close()
+
+
+def _threads(value: str) -> int | str:
+    """--threads: "auto" or a whole number from 1 to this machine's CPUs (one line otherwise)."""
+    from globmed_edge.backends import check_threads
+
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: a whole number or 'auto'", param_hint="--threads") from None
+    try:
+        check_threads(n)
+    except Exception as exc:
+        raise click.BadParameter(str(exc), param_hint="--threads") from None
+    return n
 
 
 def _check_build(path: Path, unverified: bool) -> None:

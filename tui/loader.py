@@ -16,13 +16,14 @@ def resolve_build(arg: str | Path) -> Path:
     return resolve_model(arg)
 
 
-def default_factory(path: Path) -> Any:
+def default_factory(path: Path, threads: int | str | None = None) -> Any:
     """Apply the manifest rule (a build is re-hashed against manifest.json; a build without a
     valid one is refused unless `--unverified` named it), then construct its backend.
 
     llama.cpp and onnxruntime builds are served from a child process (backends/isolated.py), so
     that a native crash costs the answer in progress and the app says so (RuntimeCrash).
-    A GGUF build gets `threads="auto"`: before each answer llama.cpp uses the physical cores
+    `threads`: CPU threads for the runtime (an int, or "auto"); by default a GGUF build gets
+    `threads="auto"`: before each answer llama.cpp uses the physical cores
     that other programs leave free (on a busy 2-core laptop, 2 threads can decode 3x slower
     than 1; docs/backends.md, "Threads")."""
     from globmed_edge.backends import detect_format, open_backend
@@ -30,7 +31,14 @@ def default_factory(path: Path) -> Any:
 
     check_model(path)  # the one manifest rule (globmed_edge.trust); a refused build raises here
     # native runtimes run in a child process: a crash there ends the answer, not the app
-    return open_backend(path, isolate="native", **({"threads": "auto"} if detect_format(path) == "gguf" else {}))
+    if threads is None and detect_format(path) == "gguf":
+        threads = "auto"
+    return open_backend(path, isolate="native", **({"threads": threads} if threads is not None else {}))
+
+
+def threads_factory(threads: int | str | None) -> BackendFactory:
+    """The default factory with a fixed thread setting (`chat --threads`)."""
+    return lambda path: default_factory(path, threads)
 
 
 def load_backend(path: Path, factory: BackendFactory | None = None) -> Any:
