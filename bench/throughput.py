@@ -316,12 +316,21 @@ def measure(spec: ThroughputSpec, *, timeout: float = 1800) -> dict[str, Any]:
                 raise BackendError(f"{spec.path}: throughput child failed: {result['error']}")
             return result
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    if proc.returncode < 0:  # the runtime died (SIGSEGV, SIGILL, OOM kill): say so, and what to try
+        from globmed_edge.backends import FORMAT_BACKEND, detect_format
+        from globmed_edge.backends.isolated import RuntimeCrash, crash_message
+
+        runtime = spec.backend or FORMAT_BACKEND.get(detect_format(Path(spec.path)), "the")
+        raise RuntimeCrash(crash_message(runtime, f"{Path(spec.path).name} (throughput)", proc.returncode, tail),
+                           -proc.returncode)
     raise BackendError(f"{spec.path}: throughput child exited {proc.returncode} ({tail})")
 
 
 def main(argv: list[str]) -> int:
+    from globmed_edge.backends.isolated import die_with_parent
     from globmed_edge.errors import GlobmedError
 
+    die_with_parent()  # a killed `bench run` leaves no measurement running behind it
     spec = ThroughputSpec(**json.loads(argv[0]))
     try:
         result = run_in_this_process(spec)

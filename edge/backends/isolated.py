@@ -150,6 +150,12 @@ def _watch_parent(parent_pid: int) -> None:
     os._exit(3)  # the parent is gone: nothing may keep running (or writing) after it
 
 
+def die_with_parent() -> None:
+    """Make this (child) process exit as soon as its parent is gone, whatever it is doing."""
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="globmed-parent-watch",
+                     daemon=True).start()
+
+
 def child_entry() -> None:
     """The child process (argv: data fd, cancel fd, parent pid): serve one backend or one call."""
     import sys
