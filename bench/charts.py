@@ -97,8 +97,9 @@ def accuracy_vs_size(records: Sequence[Record]) -> bytes | None:
             pts = sorted((s.build.size_bytes / MB, s.macro_accuracy, 0.0, 0.0, s.build.name) for s in sums.values())
             ax.set_title("macro average (all languages)", fontweight="bold")
         else:
-            pts = sorted((r.build.size_bytes / MB, r.accuracy, r.accuracy - r.ci_low, r.ci_high - r.accuracy,
-                          r.build.name) for r in acc if r.lang == panel)
+            # clamped: at 0 correct, Wilson's lower bound can come out a rounding error above 0
+            pts = sorted((r.build.size_bytes / MB, r.accuracy, max(0.0, r.accuracy - r.ci_low),
+                          max(0.0, r.ci_high - r.accuracy), r.build.name) for r in acc if r.lang == panel)
             tag = " (low-resource)" if lookup(panel).is_low_resource else ""
             ax.set_title(f"{panel} - {lookup(panel).name}{tag} (n={next(r.n for r in acc if r.lang == panel)})")
         xs, ys = [p[0] for p in pts], [100 * p[1] for p in pts]

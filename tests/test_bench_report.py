@@ -42,3 +42,21 @@ def test_decision_comes_first_and_html_colours_verdicts() -> None:
     assert page.index("<h2>Recommendation</h2>") < page.index("<h2>Builds</h2>")
     assert "class='unsure'" in page and "<code>globmed-edge bench recommend" in page
     assert "ONE LETTER" in page  # the constant answers are called out
+
+
+def test_chart_of_a_language_with_no_correct_answer() -> None:
+    """wilson(0, 6) puts the lower bound a rounding error above 0; the error bar must not go negative."""
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    from globmed_edge.bench.charts import accuracy_vs_size
+    from globmed_edge.bench.records import AccuracyRecord, BuildInfo
+    from globmed_edge.bench.stats import wilson
+
+    low, high = wilson(0, 6)
+    rec = AccuracyRecord(build=BuildInfo("b", "/b", "gguf", "q8_0", 10**8), device="cpu", task="t", lang="am",
+                         datasets=("d",), split="test", items_hash="h", n=6, correct_letter=0, correct_text=0,
+                         accuracy=0.0, accuracy_text=0.0, ci_low=max(low, 1e-17), ci_high=high,
+                         item_ids=tuple(map(str, range(6))), gold=("A",) * 6, pred=("B",) * 6)
+    png = accuracy_vs_size([rec])
+    assert png is not None and png.startswith(b"\x89PNG")
