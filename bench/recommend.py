@@ -23,7 +23,8 @@ recommended"):
    long-conversation run when that is larger, plus the headroom, must fit the tier. A build
    without a throughput record is *not timed*: its memory is unknown, so it is not recommended.
 4. Among the builds left, the fastest decode wins; speeds within SPEED_NOISE of each other or
-   with overlapping run ranges are equal, and so are speeds from an unreliable run. Equal
+   with overlapping run ranges are equal, and a speed from an unreliable run (spread or machine
+   load) only counts when it differs by more than a factor of 2. Equal
    speeds go to the smaller memory need (within MEMORY_NOISE: equal), then to the lower KL
    (within KL_NOISE: equal), then to the smaller file. Accuracy point estimates never decide.
 """
@@ -51,6 +52,7 @@ DEGENERATE_SHARE = 0.9  # one letter for at least this share of the items
 FIDELITY_RATIO = 4.0
 FIDELITY_GAP = 0.02  # nats
 SPEED_NOISE = 0.05
+UNRELIABLE_NOISE = 0.5  # an unreliable record's speed only counts beyond a factor of 2
 MEMORY_NOISE = 0.05
 KL_NOISE, KL_FLOOR = 0.10, 1e-4  # answer KLs within 10% (or 1e-4 nats) of each other are equal
 UNRELIABLE_SPREAD = 0.25  # (max - min) / median of the timed decode runs
@@ -308,10 +310,11 @@ def speed_of(tps: Sequence[ThroughputRecord]) -> Speed | None:
 
 
 def speed_tied(a: Speed, b: Speed) -> bool:
-    if a.unreliable or b.unreliable:
-        return True
+    """Equal within noise: overlapping run ranges, or within SPEED_NOISE; with an unreliable record
+    on either side, anything within a factor of 1 / (1 - UNRELIABLE_NOISE)."""
     fast, slow = (a, b) if a.decode_tokens_per_s >= b.decode_tokens_per_s else (b, a)
-    return slow.high >= fast.low or slow.decode_tokens_per_s >= (1 - SPEED_NOISE) * fast.decode_tokens_per_s
+    noise = UNRELIABLE_NOISE if a.unreliable or b.unreliable else SPEED_NOISE
+    return slow.high >= fast.low or slow.decode_tokens_per_s >= (1 - noise) * fast.decode_tokens_per_s
 
 
 # ------------------------------------------------------------------------------ the decision
