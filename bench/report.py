@@ -166,7 +166,8 @@ def _warnings(d: Recommendation) -> list[str]:
                    f"agreement and flips are not evidence of fidelity there): {'; '.join(degenerate)}.")
     for b in d.builds:
         if b.speed and b.speed.unreliable:
-            out.append(f"{b.name}: unreliable speed ({'; '.join(b.speed.unreliable)}): speed does not decide.")
+            out.append(f"{b.name}: unreliable speed ({'; '.join(b.speed.unreliable)}): it counts only beyond a "
+                       "factor of 2.")
     untimed = [b.name for b in d.builds if b.fits is None]
     if untimed:
         out.append(f"Not timed (no throughput record, memory unknown, not recommended): {', '.join(untimed)}.")
