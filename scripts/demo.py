@@ -6,7 +6,7 @@ bench report (HTML) -> bench recommend for one RAM tier and language set -> a on
 from the recommended build. It prints every command before running it, so a newcomer can rerun
 any step by hand, and ends with where the report is and the command that opens the chat app.
 
-Usage: python scripts/demo.py [--bin .venv/bin] [--out report/demo] [--limit 10]
+Usage: python scripts/demo.py [--bin .venv/bin] [--out report/demo] [--limit 6]
 
 Builds go to the data directory (GLOBMED_EDGE_HOME or the platform default), where `chat` finds
 them; results and the report go to --out. A format this machine cannot build (GGUF without
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", default=str(ROOT / ".venv" / "bin"), help="folder with the globmed-edge executable")
     ap.add_argument("--out", default=str(ROOT / "report" / "demo"), help="results and report folder")
-    ap.add_argument("--limit", default="10", help="items per language")
+    ap.add_argument("--limit", default="6", help="items per language (a demo: too few to tell builds apart, as the report says)")
     args = ap.parse_args(argv)
     ge = str(Path(args.bin) / "globmed-edge")
     out = Path(args.out)
