@@ -416,6 +416,13 @@ class IsolatedBackend:
             try:
                 while True:
                     kind, value = child.recv(cancel, lambda: child.cancel(seq))
+                    if kind == "event" and cancel is not None and cancel.is_set():
+                        # The child runs ahead of the caller: a token that arrives after the caller
+                        # cancelled was made after it asked to stop. As in-process backends, the
+                        # stream ends here with "cancelled"; the child's rest is drained below.
+                        child.cancel(seq)
+                        yield TokenEvent("", value.index, time.perf_counter(), finish_reason="cancelled")
+                        return
                     if kind == "event":
                         yield value
                     elif kind == "done":
