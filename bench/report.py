@@ -167,7 +167,7 @@ def _warnings(d: Recommendation) -> list[str]:
     for b in d.builds:
         if b.speed and b.speed.unreliable:
             out.append(f"{b.name}: unreliable speed ({'; '.join(b.speed.unreliable)}): it counts only beyond a "
-                       "factor of 2.")
+                       "factor of 4.")
     untimed = [b.name for b in d.builds if b.fits is None]
     if untimed:
         out.append(f"Not timed (no throughput record, memory unknown, not recommended): {', '.join(untimed)}.")
