@@ -221,3 +221,15 @@ def test_run_isolated_returns_or_reports_the_crash():
 def test_crash_message_names_signal_and_hint():
     assert "out of memory" in crash_message("llamacpp", "b", -signal.SIGKILL)
     assert "exited unexpectedly (status 3)" in crash_message("onnx", "b", 3)
+
+
+def test_the_childs_peak_memory_is_its_own_not_the_parents():
+    """ru_maxrss survives fork + exec: a child of a process that once held 400 MB reported 400 MB."""
+    ballast = bytearray(400 * 2**20)
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])  # touch every page
+    be = _open()
+    try:
+        assert be.memory().peak_rss_bytes < 300 * 2**20
+    finally:
+        be.close()
+        del ballast

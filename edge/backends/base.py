@@ -289,11 +289,22 @@ def pick_token(logits: np.ndarray, request: GenerationRequest, rng: np.random.Ge
 
 
 def process_memory() -> tuple[int, int]:
-    """(current RSS, peak RSS) in bytes for this process; RSS includes mapped weight pages."""
+    """(current RSS, peak RSS) in bytes for this process; RSS includes mapped weight pages.
+
+    The peak is VmHWM of /proc/self/status where there is one: ru_maxrss is inherited across
+    fork + exec on Linux, so a runtime child (backends/isolated.py) of a process that had loaded
+    a torch model would report that model's peak as its own."""
     import resource
 
     import psutil
 
     rss = psutil.Process().memory_info().rss
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = None
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            peak = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:")), None)
+    except (OSError, ValueError, IndexError):
+        peak = None
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return rss, max(rss, peak)
