@@ -60,7 +60,8 @@ class Threads(click.ParamType):
               help="Reference build (e.g. the f16 / source model): benched too, drift computed against it.")
 @click.option("--throughput/--no-throughput", default=False, show_default=True,
               help="Also time prefill/decode/TTFT/peak memory (each build in its own process).")
-@click.option("--repeats", type=int, default=3, show_default=True, help="Timed throughput runs (after one warm-up).")
+@click.option("--repeats", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Timed throughput runs (after one warm-up).")
 @click.option("--new-tokens", type=int, default=64, show_default=True, help="Tokens generated per throughput run.")
 @click.option("--threads", type=Threads(), default=None,
               help="CPU threads: N, or 'auto' for what the chat gets (llama.cpp re-picks the free physical "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -427,7 +428,12 @@ def write_report(results: Sequence[Path], out: Path, *, reference: str | None = 
                             f"(builds: {', '.join(sorted(names))})")
         records += [d for d in drift_records(records, reference) if d.key() not in keys]
     md, page, images = render(records, headroom_gb=headroom_gb, margin=margin, reference=reference, charts=charts)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(f"{out}: not writable")
+    except OSError as exc:  # a read-only or full output folder: one line, before anything is written
+        raise DataError(f"{out}: cannot write the report there ({exc.strerror or exc})") from None
     paths = []
     for name, png in images.items():
         atomic_write_bytes(out / name, png)

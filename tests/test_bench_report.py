@@ -61,3 +61,23 @@ def test_chart_of_a_language_with_no_correct_answer() -> None:
                          item_ids=tuple(map(str, range(6))), gold=("A",) * 6, pred=("B",) * 6)
     png = accuracy_vs_size([rec])
     assert png is not None and png.startswith(b"\x89PNG")
+
+
+def test_unwritable_report_folder_and_zero_repeats_are_one_line_errors(tmp_path: Path) -> None:
+    """Issue #16 Low: a read-only --out was a traceback after rendering; --repeats 0 an IndexError."""
+    import os
+
+    from click.testing import CliRunner
+
+    from globmed_edge.cli.main import cli
+
+    if os.geteuid() == 0:
+        target = Path("/proc/globmed-report")  # root writes anywhere else; /proc refuses everyone
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        target = ro / "report"
+    r = CliRunner().invoke(cli, ["bench", "report", str(COMMITTED / "results.jsonl"), "--out", str(target), "--no-charts"])
+    assert r.exit_code == 1 and "cannot write the report there" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["bench", "run", "x", "--repeats", "0"])
+    assert r.exit_code == 2 and "--repeats" in r.output
