@@ -256,8 +256,10 @@ def quantize(model: str | Path, opts: QuantizeOptions, *, warn: Callable[[str], 
         for name in clean_stale(opts.out):
             warn(f"removed {opts.out / name} (left by an interrupted run)")
         run.source_sha = source_hash(source, progress=opts.progress)
-        for target in targets:
+        for i, target in enumerate(targets, 1):
             name = build_name(model_name, target)
+            if not opts.progress:  # no progress bar (stderr is not a terminal): one line per build
+                warn(f"[{i}/{len(targets)}] {name}")
             why = check_available(target)
             if why:
                 warn(f"warning: skipping {target.label}: {why}")
@@ -334,23 +336,30 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
     t0 = time.perf_counter()
     steps: dict[str, float] = {}
     bar = tqdm(total=4, desc=name, unit="step", disable=not run.opts.progress)
+
+    def stage(text: str) -> None:
+        """The bar's stage; without a bar (stderr redirected, CI, nohup) one line on stderr each."""
+        bar.set_postfix_str(text)
+        if not run.opts.progress:
+            run.warn(f"{name}: {text}")
+
     try:
         with atomic_dir(final, replace=True) as tmp:
             umask = os.umask(0)
             os.umask(umask)
             tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a build is shared like any folder
-            bar.set_postfix_str("export")
+            stage("export")
             result = exporter.export(ExportRequest(
                 source=run.source, out_dir=tmp, quantization=target.quantization, calibration=cal,
                 options=run.export_options(target), progress=lambda s: bar.set_postfix_str(s[:70])))
             steps["export"] = round(time.perf_counter() - t0, 2)
             bar.update()
             t_ref = time.perf_counter()
-            bar.set_postfix_str("parity: source model")
+            stage("parity: source model")
             reference = run.reference()  # once per run; not counted in this build's time
             t_ref = time.perf_counter() - t_ref
             t1 = time.perf_counter()
-            bar.set_postfix_str("parity")
+            stage("parity")
             parity = check_parity(tmp, target.format, reference, target.spec.thresholds,
                                   threads=run.opts.threads, progress=run.opts.progress, label=name)
             steps["parity"] = round(time.perf_counter() - t1, 2)
@@ -360,7 +369,7 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
             except ParityError as exc:
                 exc.parity = parity.to_dict()  # type: ignore[attr-defined]
                 raise
-            bar.set_postfix_str("hash")
+            stage("hash")
             t2 = time.perf_counter()
             files = hash_build_files(tmp)
             steps["hash"] = round(time.perf_counter() - t2, 2)
@@ -390,6 +399,8 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
             bar.update()
     finally:
         bar.close()
+    if not run.opts.progress:
+        run.warn(f"{name}: done in {time.perf_counter() - t0:.1f} s (parity {'passed' if parity.passed else 'FAILED'})")
     message = "parity FAILED, kept with --allow-drift" if not parity.passed else "parity passed"
     if not parity.passed:
         run.warn(f"warning: {name}: {'; '.join(parity.failures)} (kept: --allow-drift)")

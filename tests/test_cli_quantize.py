@@ -77,6 +77,12 @@ def test_gptq_unavailable_onnx_builds_json_resume_and_force(tiny_model, tmp_path
                     "--json")
     assert result.exit_code == 0, result.output
     assert _gptq_reason_ok(result.stderr)
+    # stderr is not a terminal here: no progress bar, one line per build and stage (issue #15)
+    lines = result.stderr.splitlines()
+    assert "[1/2] tiny-qwen3-gptq-4bit" in lines and "[2/2] tiny-qwen3-onnx-fp32" in lines
+    stages = [ln.split(": ", 1)[1] for ln in lines if ln.startswith("tiny-qwen3-onnx-fp32: ")]
+    assert stages[:4] == ["export", "parity: source model", "parity", "hash"]
+    assert stages[4].startswith("done in ") and stages[4].endswith("(parity passed)")
     report = json.loads(result.stdout)
     rows = {b["build"]: b for b in report["builds"]}
     assert rows["tiny-qwen3-gptq-4bit"]["status"] == "unavailable"
