@@ -98,7 +98,13 @@ def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str,
     cfg = RunConfig(builds=resolved, task=task, out=str(out), device=device, threads=threads, reference=ref,
                     throughput=throughput, repeats=repeats, new_tokens=new_tokens, batch_items=batch_items,
                     long_context=long_context, progress=progress_enabled())
-    results = run_bench(cfg, log=lambda m: click.echo(m, err=True))
+    try:
+        results = run_bench(cfg, log=lambda m: click.echo(m, err=True))
+    except KeyboardInterrupt:  # Ctrl+C: one line, exit 130; every finished record is on disk
+        from globmed_edge.errors import Interrupted
+
+        raise Interrupted(f"interrupted; the records finished so far are kept in {out}: "
+                          "run the same command again to resume") from None
     click.echo(f"{len(results.records)} records in {out}")
 
 

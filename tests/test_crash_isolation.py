@@ -118,3 +118,32 @@ def test_killing_bench_run_stops_its_runtime_child_too(smollm2_gguf, sample_mcq,
     size = out.stat().st_size if out.exists() else 0
     time.sleep(1.5)
     assert (out.stat().st_size if out.exists() else 0) == size
+
+
+def test_ctrl_c_during_bench_run_is_one_line_exit_130_and_the_rerun_resumes(smollm2_gguf, sample_mcq, tmp_path):
+    """SIGINT to the terminal's foreground group, as Ctrl+C sends it (issue #15 item 5): one line,
+    exit 130, no traceback from any child; finished records are kept and the rerun adds the rest."""
+    build = gguf_copy_build(smollm2_gguf, tmp_path / "builds" / "sigint-q4_1")
+    out = tmp_path / "results.jsonl"
+    langs = ["en", "es", "fr", "pt", "sw"]
+    cmd = [sys.executable, "-m", "globmed_edge.cli.main", "bench", "run", str(build), "--data",
+           str(sample_mcq), "--langs", ",".join(langs), "--limit", "3", "--threads", "1", "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_file() and out.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "run the same command again to resume" in errors[0], err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    done = [r.lang for r in iter_records(out)]
+    assert 1 <= len(done) < len(langs)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(r.lang for r in iter_records(out)) == sorted(langs)

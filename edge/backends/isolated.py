@@ -293,6 +293,12 @@ class _Child:
     def stop(self) -> None:
         self._finalizer()
 
+    def kill(self) -> None:
+        """Stop the child now (it may be deep in native code that would finish first)."""
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        self.stop()
+
 
 def _stop(proc: Any, conn: Any, cancel: socket.socket, log: Path) -> None:
     import subprocess
@@ -339,6 +345,7 @@ class IsolatedBackend:
         self.options = options
         self._child: _Child | None = None
         self._seq = 0
+        self._abandoned = False  # a call was interrupted: the child's state is unknown
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -352,6 +359,10 @@ class IsolatedBackend:
     def close(self) -> None:
         child, self._child = self._child, None
         if child is None:
+            return
+        if self._abandoned:
+            self._abandoned = False
+            child.kill()
             return
         with contextlib.suppress(GlobmedError):
             if child.alive:
@@ -376,7 +387,11 @@ class IsolatedBackend:
         child = self._require()
         with self._lock:
             child.send((op, args, kwargs))
-            kind, value = child.recv()
+            try:
+                kind, value = child.recv()
+            except BaseException:  # Ctrl+C (or a crash) mid-call: the child's answer is not awaited,
+                self._abandoned = True  # so close() stops it at once instead of waiting for it
+                raise
         if kind == "error":
             raise _rebuild_error(*value)
         return value
