@@ -92,7 +92,7 @@ def _version(dist: str) -> str | None:
 
 
 def runtime_section(report: Report) -> dict[str, dict[str, Any]]:
-    from globmed_edge.backends.isolated import run_isolated
+    from globmed_edge.backends.isolated import RuntimeCrash, run_isolated
     from globmed_edge.errors import GlobmedError
 
     out: dict[str, dict[str, Any]] = {}
@@ -103,7 +103,7 @@ def runtime_section(report: Report) -> dict[str, dict[str, Any]]:
         try:
             out[name] = {"status": "ok", **run_isolated(probe, runtime=name, what="its probe", timeout=120)}
         except GlobmedError as exc:
-            out[name] = {"status": "crashed" if "crashed" in str(exc) else "failed", "error": str(exc)}
+            out[name] = {"status": "crashed" if isinstance(exc, RuntimeCrash) else "failed", "error": str(exc)}
             report.problems.append(f"{name}: {exc}")
     llama = out["llama.cpp"]
     if llama.get("kind") == "native":

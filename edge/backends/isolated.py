@@ -3,15 +3,16 @@
 llama.cpp and onnxruntime are C++: a segfault, an illegal instruction (a runtime compiled for
 another CPU) or an abort in them ends the process they run in. `IsolatedBackend` implements the
 `Backend` protocol by driving the real backend in a child process (requests and results are
-pickled over a pipe; streamed tokens come back one message each), so quantize's parity check,
-bench and the chat get the same isolation by how they open a backend (`open_backend(...,
-isolate=True)`). When the child dies, the call in progress raises `RuntimeCrash`: a one-line
+pickled over a socket pair; streamed tokens come back one message each), so quantize's parity
+check, bench and the chat get the same isolation by how they open a backend (`open_backend(...,
+isolate="native")`). When the child dies, the call in progress raises `RuntimeCrash`: a one-line
 reason with the signal, the runtime, this CPU and what to try.
 
 The child:
-* is started with the "spawn" method (no fork of a process that has threads or a loaded model);
-* ignores SIGINT: Ctrl+C reaches the parent, which cancels the generation between tokens and then
-  closes the child, so native code never runs while its context is freed;
+* is a fresh interpreter started with subprocess (no fork of a process that has threads or a
+  loaded model, no re-import of the caller's __main__), in a process group of its own;
+* never sees the terminal's Ctrl+C (and ignores SIGINT): the parent cancels the generation
+  between tokens and then closes the child, so native code never runs while its context is freed;
 * exits when its parent dies (it watches its parent pid), so no runtime outlives the command;
 * writes its stdout/stderr (llama.cpp's and Python's fault handler's) to a log file whose last
   line goes into the crash message; the file is removed on close.
@@ -150,9 +151,10 @@ def _watch_parent(parent_pid: int) -> None:
     os._exit(3)  # the parent is gone: nothing may keep running (or writing) after it
 
 
-def die_with_parent() -> None:
-    """Make this (child) process exit as soon as its parent is gone, whatever it is doing."""
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="globmed-parent-watch",
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Make this (child) process exit as soon as its parent (`parent_pid`, default: the current
+    parent) is gone, whatever it is doing."""
+    threading.Thread(target=_watch_parent, args=(parent_pid or os.getppid(),), name="globmed-parent-watch",
                      daemon=True).start()
 
 
@@ -164,8 +166,7 @@ def child_entry() -> None:
     faulthandler.enable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     data_fd, cancel_fd, parent_pid = (int(x) for x in sys.argv[1:4])
-    threading.Thread(target=_watch_parent, args=(parent_pid,), name="globmed-parent-watch",
-                     daemon=True).start()
+    die_with_parent(parent_pid)  # the pid from argv: the parent may already be gone by now
     conn = Connection(data_fd)
     try:
         kind, spec = conn.recv()
