@@ -174,20 +174,9 @@ def _gguf_metadata(path: Path) -> dict[str, Any]:
     return out
 
 
-def own_peak_rss() -> int | None:
-    """This process's own peak RSS in bytes (VmHWM: the high-water mark of its own address space,
-    which exec starts afresh, unlike ru_maxrss); None where /proc is not available."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def _peak(backend: Any) -> int:
+    from globmed_edge.backends.base import own_peak_rss
+
     own = own_peak_rss()
     return own if own is not None else int(backend.memory().peak_rss_bytes)
 

@@ -122,7 +122,7 @@ def test_a_child_peak_rss_is_its_own_not_its_parents() -> None:
 
     ballast = bytearray(400 * 1024**2)
     ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: 400 MiB resident here
-    code = ("import resource; from globmed_edge.bench.throughput import own_peak_rss; "
+    code = ("import resource; from globmed_edge.backends.base import own_peak_rss; "
             "print(own_peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
     own, inherited = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                              check=True).stdout.split())

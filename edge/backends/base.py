@@ -288,23 +288,30 @@ def pick_token(logits: np.ndarray, request: GenerationRequest, rng: np.random.Ge
     return int(rng.choice(len(p), p=p))
 
 
-def process_memory() -> tuple[int, int]:
-    """(current RSS, peak RSS) in bytes for this process; RSS includes mapped weight pages.
+def own_peak_rss() -> int | None:
+    """This process's own peak RSS in bytes (VmHWM of /proc/self/status: the high-water mark of
+    its own address space, which exec starts afresh); None where /proc is not available. Not
+    ru_maxrss: on Linux that is inherited across fork + exec, so a runtime child
+    (backends/isolated.py, bench's throughput child) of a process that had loaded a torch model
+    would report that model's peak as its own."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
-    The peak is VmHWM of /proc/self/status where there is one: ru_maxrss is inherited across
-    fork + exec on Linux, so a runtime child (backends/isolated.py) of a process that had loaded
-    a torch model would report that model's peak as its own."""
+
+def process_memory() -> tuple[int, int]:
+    """(current RSS, peak RSS) in bytes for this process; RSS includes mapped weight pages."""
     import resource
 
     import psutil
 
     rss = psutil.Process().memory_info().rss
-    peak = None
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            peak = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:")), None)
-    except (OSError, ValueError, IndexError):
-        peak = None
+    peak = own_peak_rss()
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return rss, max(rss, peak)
