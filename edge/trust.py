@@ -91,6 +91,17 @@ def _waive(folder: Path) -> None:
 _memo: dict[str, tuple[tuple[object, ...], Manifest]] = {}
 
 
+def memo_snapshot() -> dict[str, tuple[tuple[object, ...], Manifest]]:
+    """The builds this process verified, for a runtime child (backends/isolated.py) to start with:
+    without it the child re-hashed every build its parent had just hashed. An entry counts there
+    only while every file's stat signature is unchanged, as here."""
+    return dict(_memo)
+
+
+def seed_memo(entries: dict[str, tuple[tuple[object, ...], Manifest]]) -> None:
+    _memo.update(entries)
+
+
 def _signature(folder: Path) -> tuple[object, ...]:
     out: list[object] = []
     for rel in [MANIFEST, *sorted(r for r, _, _ in scan_build(folder))]:

@@ -233,3 +233,28 @@ def test_the_childs_peak_memory_is_its_own_not_the_parents():
     finally:
         be.close()
         del ballast
+
+
+def test_a_runtime_child_starts_with_the_builds_its_parent_verified(tmp_path, monkeypatch):
+    """The parent's verification is handed to the child (no second hash of the same files), and
+    counts there only while the files' stat signature is unchanged."""
+    from globmed_edge import trust
+    from globmed_edge.manifest import Manifest, hash_build_files, write_manifest
+
+    build = tmp_path / "b-q8_0"
+    build.mkdir()
+    (build / "b-q8_0.gguf").write_bytes(b"GGUF" + bytes(100))
+    write_manifest(build, Manifest(name="b-q8_0", format="gguf", quantization="q8_0", bits_per_weight=8.5,
+                                   files=hash_build_files(build), source={"path": "t"}))
+    assert trust.check_model(build).status == "verified"
+    snapshot = trust.memo_snapshot()
+    monkeypatch.setattr(trust, "_memo", {})  # a fresh process (the child)
+    trust.seed_memo(snapshot)
+    hashed: list[Path] = []
+    real = trust.require_valid_build
+    monkeypatch.setattr(trust, "require_valid_build", lambda f: hashed.append(f) or real(f))
+    assert trust.check_model(build).status == "verified" and hashed == []
+    (build / "b-q8_0.gguf").write_bytes(b"GGUF" + bytes(101))  # changed since the parent checked
+    with pytest.raises(trust.ManifestError):
+        trust.check_model(build)
+    assert hashed == [build]

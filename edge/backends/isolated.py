@@ -187,6 +187,9 @@ def _serve(conn: Any, cancel: _CancelFlag, spec: dict[str, Any]) -> None:
     """Construct the real backend (`spec["target"]` is its "module:Class") and serve calls until close."""
     import importlib
 
+    from globmed_edge.trust import seed_memo
+
+    seed_memo(spec.get("trust_memo", {}))  # builds the parent verified: not hashed a second time
     real: Any = None
     while True:
         try:
@@ -353,8 +356,11 @@ class IsolatedBackend:
 
     def load(self) -> None:
         self.close()
-        self._child = _Child("backend", {"target": self.target, "path": str(self.path), "options": self.options},
-                             runtime=self.runtime, what=self.path.name)
+        from globmed_edge.trust import memo_snapshot
+
+        spec = {"target": self.target, "path": str(self.path), "options": self.options,
+                "trust_memo": memo_snapshot()}
+        self._child = _Child("backend", spec, runtime=self.runtime, what=self.path.name)
         self._call("load")
 
     def close(self) -> None:
