@@ -13,17 +13,6 @@ LIBRARIES = ("globmed-edge", "torch", "transformers", "llama-cpp-python", "onnxr
              "onnxruntime-genai", "gptqmodel", "numpy")
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def gpus() -> list[dict[str, str]]:
     """GPUs from nvidia-smi when it is there (name, memory, driver); empty otherwise."""
     exe = shutil.which("nvidia-smi")
@@ -74,7 +63,7 @@ def profile() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
         "python": platform.python_version(),
-        "cpu": cpu_model(),
+        "cpu": cpu.model,
         "cpu_features": list(cpu.features),
         "x86_64_level": cpu.x86_level,
         "cores_logical": psutil.cpu_count(logical=True),
