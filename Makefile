@@ -43,10 +43,10 @@ demo: install
 test: install lint typecheck pytest
 
 lint:
-	$(BIN)/ruff check edge quantize train bench tui tests
+	$(BIN)/ruff check edge quantize train bench tui bundle tests
 
 typecheck:
-	$(BIN)/mypy edge quantize train bench tui
+	$(BIN)/mypy edge quantize train bench tui bundle
 
 # pytest exits 5 when it collects no tests; that is a failure here, like any non-zero exit.
 pytest:

@@ -57,6 +57,10 @@ class ManifestError(ModelError):
     """A build's manifest is missing, invalid, or its files do not match it."""
 
 
+class BundleError(GlobmedError):
+    """A deployment bundle is incomplete, altered, unsafe or cannot be made for the target asked."""
+
+
 class HistoryError(GlobmedError):
     """The chat history file is damaged or is not a globmed-edge history; it was left untouched."""
 

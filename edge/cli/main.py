@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("globmed_edge.bench.cli:bench", "Benchmark accuracy per language, drift and speed; write reports."),
     "chat": ("globmed_edge.tui.cli:chat", "Offline chat for clinic laptops (terminal app)."),
     "doctor": ("globmed_edge.cli.doctor_cmd:doctor", "Check this machine, its runtimes and every build on it."),
+    "bundle": ("globmed_edge.bundle.cli:bundle", "Carry builds and a portable runtime to offline clinics (USB)."),
 }
 
 
