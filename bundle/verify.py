@@ -118,6 +118,9 @@ def opened(path: Path, scratch: Path | None = None) -> Iterator[Path]:
         yield extract_archive(path, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if scratch is not None:
+            with contextlib.suppress(OSError):
+                scratch.rmdir()  # only when empty: another install may be using it
 
 
 def verify_bundle(path: Path, *, key: Path | None = None,
