@@ -65,6 +65,7 @@ def _verdict(o: Any) -> str:
 
 def render_table(outcomes: list[Any]) -> str:
     from globmed_edge.cli.common import table
+    from globmed_edge.grade import parity_grade
 
     rows = []
     for o in outcomes:
@@ -74,8 +75,8 @@ def render_table(outcomes: list[Any]) -> str:
                      f"{o.bits_per_weight:.2f}" if o.bits_per_weight is not None else "-",
                      "-" if not p else "yes" if p["tokens_identical"] else "NO",
                      f"{p['top1_agreement']:.3f}" if p else "-", f"{p['mean_kl']:.3g}" if p else "-",
-                     greedy, _verdict(o), o.path or o.message[:60]])
-    return table(["build", "size", "bits/w", "tokens same", "top-1", "mean KL", "greedy", "result", "path"],
+                     greedy, _verdict(o), parity_grade(p), o.path or o.message[:60]])
+    return table(["build", "size", "bits/w", "tokens same", "top-1", "mean KL", "greedy", "result", "grade", "path"],
                  rows, right=(1, 2, 4, 5, 6))
 
 
@@ -132,8 +133,10 @@ def quantize(ctx: click.Context, model: str, out: Path | None, formats: tuple[st
         force=force, threads=threads, progress=progress_enabled())
     outcomes = run(model, opts, warn=lambda msg: click.echo(msg, err=True))
     if as_json:
-        click.echo(json.dumps({"model": model, "out": str(opts.out),
-                               "builds": [o.to_dict() for o in outcomes]}, indent=2, ensure_ascii=False))
+        from globmed_edge.grade import parity_grade
+
+        builds = [{**o.to_dict(), "grade": parity_grade(o.parity)} for o in outcomes]
+        click.echo(json.dumps({"model": model, "out": str(opts.out), "builds": builds}, indent=2, ensure_ascii=False))
     else:
         click.echo(render_table(outcomes))
     ctx.exit(exit_code(outcomes))
