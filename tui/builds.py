@@ -1,7 +1,8 @@
 """The builds on this machine, as the picker shows them (no textual, no model loading).
 
 Builds come from `find_builds(builds_dir())` (each with a manifest, checked for missing or
-resized files here and re-hashed in full when loaded) plus the prepared embedded models. Memory
+resized files here and re-hashed in full when loaded) plus the prepared embedded models. Each
+carries its parity verdict and grade (globmed_edge.grade) from its manifest. Memory
 is an estimate (file size times a per-format factor plus runtime overhead); speed comes from
 `throughput` records of `globmed-edge bench` when a results file mentions the build.
 """
@@ -29,6 +30,15 @@ class BuildChoice:
     expected_memory: int
     decode_tokens_per_s: float | None = None
     problem: str | None = None  # why it cannot be loaded (manifest mismatch), shown greyed out
+    parity_passed: bool | None = None  # the manifest's parity check: None when none is recorded
+    grade: str = "-"  # globmed_edge.grade.parity_grade of that check
+
+    def parity_text(self) -> str:
+        """"parity pass, small loss" (or FAIL), "" when no parity check is recorded."""
+        if self.parity_passed is None and self.grade == "-":
+            return ""
+        verdict = {True: "pass", False: "FAIL", None: "-"}[self.parity_passed]
+        return f"parity {verdict}, {self.grade}"
 
 
 def human_bytes(n: float) -> str:
@@ -90,6 +100,7 @@ def default_results_files() -> list[Path]:
 def discover_builds(roots: list[Path] | None = None, results: list[Path] | None = None,
                     include_embedded: bool = True) -> list[BuildChoice]:
     from globmed_edge.errors import ModelError
+    from globmed_edge.grade import parity_grade
     from globmed_edge.manifest import find_builds, verify_build
     from globmed_edge.paths import builds_dir
     from globmed_edge.textsafe import clean_line
@@ -106,11 +117,13 @@ def discover_builds(roots: list[Path] | None = None, results: list[Path] | None 
                  or _model_languages(str(manifest.source.get("id", ""))) or "?")
         if isinstance(langs, list):
             langs = ", ".join(str(x) for x in langs)
+        passed = (manifest.parity or {}).get("passed")
         found.append(BuildChoice(
             clean_line(manifest.name), path, manifest.format, clean_line(manifest.quantization),
             manifest.size_bytes, clean_line(langs), expected_memory(manifest.format, manifest.size_bytes),
             speeds.get(str(path)) or speeds.get(manifest.name),
-            problem=clean_line("; ".join(str(p) for p in problems[:2])) or None))
+            problem=clean_line("; ".join(str(p) for p in problems[:2])) or None,
+            parity_passed=passed if isinstance(passed, bool) else None, grade=parity_grade(manifest.parity)))
     if include_embedded:
         found += _embedded(speeds)
     return found

@@ -72,7 +72,9 @@ class PickerScreen(Screen[None]):
             self.query_one("#details", Static).update("")
             return
         c = self.choices[index]
-        text = f"{c.name} · {c.format} {c.quantization} · {c.languages}\n{c.path}"
+        # The grade tells builds of one model apart; the 80-column row has no room left for it.
+        parity = c.parity_text()
+        text = f"{c.name} · {c.format} {c.quantization}{' · ' + parity if parity else ''} · {c.languages}\n{c.path}"
         if c.problem:
             text += f"\n⚠ {c.problem}"
         elif c.expected_memory > self.free:
