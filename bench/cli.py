@@ -80,14 +80,15 @@ def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str,
             split: str, limit: int | None, seed: int, shots: int, mode: str, reference: str | None,
             throughput: bool, repeats: int, new_tokens: int, threads: int | str | None, long_context: bool,
             device: str, batch_items: int, out: Path, unverified: bool) -> None:
-    """Score BUILD... (model folders, build folders or .gguf files) and append records to --out."""
+    """Score BUILD... (model folders, build folders, builds' short names, embedded model names or
+    .gguf files) and append records to --out."""
     from globmed_edge.bench.runner import RunConfig, run_bench
     from globmed_edge.bench.tasks import TaskSpec, default_sources
+    from globmed_edge.buildref import resolve_build
     from globmed_edge.cli.common import progress_enabled
-    from globmed_edge.models import resolve_model
 
-    resolved = tuple(str(resolve_model(b)) for b in builds)
-    ref = str(resolve_model(reference)) if reference else None
+    resolved = tuple(str(resolve_build(b, models=True)) for b in builds)
+    ref = str(resolve_build(reference, models=True)) if reference else None
     if unverified:
         from globmed_edge.trust import permit_unverified
 

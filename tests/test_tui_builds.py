@@ -62,6 +62,7 @@ def test_cli_reports_a_missing_build_in_one_line(tmp_path):
     from globmed_edge.cli.main import cli
 
     result = CliRunner().invoke(cli, ["chat", str(tmp_path / "nope"), "--prompt", "hi"])
-    assert result.exit_code == 1
-    assert result.stderr.startswith("error: ") and "no such model folder" in result.stderr
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ")
+    assert "is neither an existing path nor the name of a build" in result.stderr
     assert result.stderr.count("\n") == 1

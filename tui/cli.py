@@ -45,8 +45,9 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
          threads: str | None, unverified: bool) -> None:
     """Offline chat with a build on this machine (terminal app; nothing is sent anywhere).
 
-    BUILD is a build folder, an HF model folder, or the name of a prepared embedded model.
-    Without BUILD the app lists the builds found on this machine.
+    BUILD is a build folder, a build's short name (`globmed-edge models list` shows them), an HF
+    model folder, or the name of a prepared embedded model. Without BUILD the app lists the
+    builds found on this machine.
 
     \b
     Examples:
@@ -54,8 +55,9 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
       globmed-edge chat smollm2-135m-instruct --lang sw
       globmed-edge chat BUILD --prompt "Signs of severe dehydration in a child?"
     """
+    from globmed_edge.buildref import resolve_build
     from globmed_edge.tui.i18n import normalize
-    from globmed_edge.tui.loader import resolve_build, threads_factory
+    from globmed_edge.tui.loader import threads_factory
 
     language = normalize(lang) if lang else _default_lang()
     factory = threads_factory(_threads(threads)) if threads is not None else None
@@ -68,7 +70,7 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
         from globmed_edge.textsafe import SafeWriter
         from globmed_edge.tui.headless import run_prompt
 
-        path = resolve_build(build or DEFAULT_MODEL)
+        path = resolve_build(build or DEFAULT_MODEL, models=True)
         _check_build(path, unverified)
         # Model output is data: control characters never reach the terminal.
         run_prompt(path, prompt, lang=language, max_new_tokens=max_tokens, temperature=temperature,
@@ -80,7 +82,7 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
     require("textual", "tui")
     from globmed_edge.tui.app import ChatApp
 
-    path = resolve_build(build) if build else None
+    path = resolve_build(build, models=True) if build else None
     if path is not None:
         _check_build(path, unverified)
     store = _open_store(db, fresh_history)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -14,23 +13,25 @@ def _gib(n: int | None) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("builds", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("builds", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
 @click.option("--no-canary", is_flag=True, help="Verify builds but do not load them (faster).")
-def doctor(builds: tuple[Path, ...], as_json: bool, no_canary: bool) -> None:
+def doctor(builds: tuple[str, ...], as_json: bool, no_canary: bool) -> None:
     """Check this machine and the builds on it.
 
     Reports the CPU (instruction sets, AMX), cores, memory, free disk, the runtimes (llama.cpp:
     portable or compiled for this CPU, the CPU kernels it loaded; onnxruntime: providers) and,
-    for every build in the data home (or the BUILDS given), whether its files match its manifest
-    and whether a one-token answer comes back. Runtimes and canaries run in child processes, so
-    a crash (SIGILL, SIGSEGV) is reported, not fatal. Exits 1 when something a user needs is
-    broken.
+    for every build in the data home (or the BUILDS given: folders or short names), whether its
+    files match its manifest and whether a one-token answer comes back. Runtimes and canaries run
+    in child processes, so a crash (SIGILL, SIGSEGV) is reported, not fatal. Exits 1 when
+    something a user needs is broken.
     """
+    from globmed_edge.buildref import resolve_build
     from globmed_edge.doctor import diagnose
     from globmed_edge.textsafe import clean_line
 
-    report = diagnose(builds=list(builds) or None, run_canary=not no_canary)
+    paths = [resolve_build(b) for b in builds]  # every name checked before the slow part starts
+    report = diagnose(builds=paths or None, run_canary=not no_canary)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -40,8 +41,14 @@ def models() -> None:
               help="Also look for builds here (default: the data directory's builds/ and ./builds).")
 @click.option("--json", "as_json", is_flag=True)
 def list_(build_roots: tuple[Path, ...], as_json: bool) -> None:
-    """Embedded models (prepared or not) and builds with their manifest status."""
+    """Embedded models (prepared or not) and builds with their manifest status.
+
+    A build in the data directory is listed by its short name, which every command that takes a
+    build accepts; others by their path. bits/w is the exporter's measure over the stored weights;
+    grade sums up the drift its parity check measured (near-lossless, small loss, lossy)."""
+    from globmed_edge.buildref import build_names
     from globmed_edge.errors import ManifestError
+    from globmed_edge.grade import UNKNOWN, parity_grade
     from globmed_edge.manifest import find_builds, verify_build
     from globmed_edge.models import DEFAULT_MODEL, MODELS, prepared_path, read_record
     from globmed_edge.paths import builds_dir
@@ -53,6 +60,7 @@ def list_(build_roots: tuple[Path, ...], as_json: bool) -> None:
                            "languages": spec.languages, "prepared": rec is not None,
                            "path": str(prepared_path(name)) if rec else None})
     roots = [*build_roots, builds_dir(), Path("builds")]
+    short = {path.resolve(): name for name, path in build_names().items()}
     build_rows = []
     seen = set()
     for b in find_builds([Path(r) for r in roots]):
@@ -60,14 +68,17 @@ def list_(build_roots: tuple[Path, ...], as_json: bool) -> None:
         if key in seen:
             continue
         seen.add(key)
+        row: dict[str, Any] = {"name": short.get(key), "path": str(b)}
         try:
             m, problems = verify_build(b, check_hashes=False)
             status = "ok" if not problems else f"INVALID: {clean_line(problems[0])}"
-            build_rows.append({"path": str(b), "format": m.format, "quantization": clean_line(m.quantization),
-                               "size": m.size_bytes, "parity": (m.parity or {}).get("passed"), "status": status})
+            row |= {"format": m.format, "quantization": clean_line(m.quantization), "size": m.size_bytes,
+                    "bits_per_weight": m.bits_per_weight, "parity": (m.parity or {}).get("passed"),
+                    "grade": parity_grade(m.parity), "status": status}
         except ManifestError as exc:
-            build_rows.append({"path": str(b), "format": "?", "quantization": "?", "size": 0,
-                               "parity": None, "status": f"INVALID: {clean_line(exc)}"})
+            row |= {"format": "?", "quantization": "?", "size": 0, "bits_per_weight": None, "parity": None,
+                    "grade": UNKNOWN, "status": f"INVALID: {clean_line(exc)}"}
+        build_rows.append(row)
     if as_json:
         click.echo(json.dumps({"models": model_rows, "builds": build_rows}, indent=2))
         return
@@ -76,24 +87,42 @@ def list_(build_roots: tuple[Path, ...], as_json: bool) -> None:
                        r["license"], r["languages"]] for r in model_rows]))
     click.echo()
     if build_rows:
-        click.echo(table(["build", "format", "quant", "size", "parity", "status"],
-                         [[r["path"], r["format"], r["quantization"], _human(r["size"]),
-                           {True: "pass", False: "FAIL", None: "-"}[r["parity"]], r["status"]]
-                          for r in build_rows]))
+        click.echo(table(["build", "format", "quant", "size", "bits/w", "parity", "grade", "status"],
+                         [[r["name"] or r["path"], r["format"], r["quantization"], _human(r["size"]),
+                           _bits(r["bits_per_weight"]), _passed(r["parity"]), r["grade"], r["status"]]
+                          for r in build_rows], right=(3, 4)))
     else:
         click.echo("no builds found (make some with `globmed-edge quantize`)")
 
 
+def _bits(value: Any) -> str:
+    """The manifest's bits per weight, which the exporters measure over the stored weight tensors
+    (bytes x 8 / elements: scales and an untied embedding count), "-" where none is recorded."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{value:.2f}" if ok else "-"
+
+
+def _passed(value: Any) -> str:
+    return "pass" if value is True else "FAIL" if value is False else "-"
+
+
 @models.command()
 @click.argument("name")
-def show(name: str) -> None:
-    """Details of an embedded model, a model folder or a build."""
+@click.option("--json", "as_json", is_flag=True, help="Everything recorded: a build's whole manifest.json.")
+def show(name: str, as_json: bool) -> None:
+    """Details of an embedded model, a model folder or a build (a path or a build's short name)."""
+    from globmed_edge.buildref import resolve_build
+    from globmed_edge.manifest import MANIFEST
     from globmed_edge.models import MODELS, get_spec, prepared_path, read_record
 
-    path = Path(name)
-    if name in MODELS or not path.exists():
+    if name in MODELS:
         spec = get_spec(name)
         rec = read_record(prepared_path(name))
+        if as_json:
+            click.echo(json.dumps({**{k: v for k, v in vars(spec).items() if k != "locate"},
+                                   "prepared": str(prepared_path(name)) if rec else None, "record": rec},
+                                  indent=2, ensure_ascii=False))
+            return
         click.echo(f"{spec.name}: {spec.title}")
         for label, value in [("architecture", spec.architecture), ("parameters", spec.parameters),
                              ("languages", spec.languages), ("license", spec.license),
@@ -106,10 +135,17 @@ def show(name: str) -> None:
         else:
             click.echo(f"  {'prepared':13} no (run: globmed-edge models prepare {name})")
         return
-    if (path / "manifest.json").is_file():
+    path = resolve_build(name, models=True)
+    if (path / MANIFEST).is_file():
         from globmed_edge.manifest import load_manifest
 
-        click.echo(json.dumps(load_manifest(path).to_dict(), indent=2, ensure_ascii=False))
+        manifest = load_manifest(path)
+        if as_json:
+            click.echo(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
+        else:
+            from globmed_edge.cli.build_summary import build_summary
+
+            click.echo(build_summary(path, manifest))
         return
     rec = read_record(path)
     cfg = path / "config.json"
@@ -118,6 +154,9 @@ def show(name: str) -> None:
 
         raise ModelError(f"{path}: not a model folder or build (no config.json or manifest.json)")
     config = json.loads(cfg.read_text(encoding="utf-8"))
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "config": config, "record": rec}, indent=2, ensure_ascii=False))
+        return
     click.echo(f"{path}: {', '.join(config.get('architectures') or ['?'])} ({config.get('model_type')})")
     for key in ("hidden_size", "num_hidden_layers", "vocab_size", "max_position_embeddings", "torch_dtype", "dtype"):
         if key in config:
@@ -161,18 +200,21 @@ def tiny(out: Path, arch: str, seed: int, hidden_size: int, intermediate_size: i
 
 
 @models.command()
-@click.argument("build", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def verify(build: Path) -> None:
-    """Re-hash a build's files against its manifest.json; exit 1 on any mismatch."""
+@click.argument("build")
+def verify(build: str) -> None:
+    """Re-hash BUILD's files (a build folder, or its short name) against its manifest.json;
+    exit 1 on any mismatch."""
+    from globmed_edge.buildref import resolve_build
     from globmed_edge.manifest import verify_build
 
-    manifest, problems = verify_build(build)
+    path = resolve_build(build)
+    manifest, problems = verify_build(path)
     for p in problems:
         click.echo(f"MISMATCH {clean_line(p)}")
     if problems:
-        click.echo(f"{build}: {len(problems)} problem(s); do not use this build", err=True)
+        click.echo(f"{path}: {len(problems)} problem(s); do not use this build", err=True)
         raise SystemExit(1)
-    click.echo(f"{build}: ok ({len(manifest.files)} files, {_human(manifest.size_bytes)}, "
+    click.echo(f"{path}: ok ({len(manifest.files)} files, {_human(manifest.size_bytes)}, "
                f"{manifest.format} {manifest.quantization})")
 
 
@@ -186,16 +228,18 @@ def verify(build: Path) -> None:
 @click.option("--unverified", is_flag=True, help="Run MODEL even though it has no valid manifest (marked UNVERIFIED).")
 def demo(model: str, prompt: str, lang: str, max_new_tokens: int, threads: int | None, as_json: bool,
          unverified: bool) -> None:
-    """The main job on MODEL (an embedded name, a folder or a build): prepare it if needed,
-    generate a short greedy reply, and answer one sample MCQ item by log-likelihood."""
+    """The main job on MODEL (an embedded name, a folder, a build or a build's short name):
+    prepare it if needed, generate a short greedy reply, and answer one sample MCQ item by
+    log-likelihood."""
     from dataclasses import asdict
 
+    from globmed_edge.buildref import resolve_build
     from globmed_edge.demo import run_demo, sample_items
     from globmed_edge.errors import DataError
-    from globmed_edge.models import MODELS, resolve_model
+    from globmed_edge.models import MODELS
     from globmed_edge.models import prepare as do_prepare
 
-    path = do_prepare(model, progress=progress_enabled()) if model in MODELS else resolve_model(model)
+    path = do_prepare(model, progress=progress_enabled()) if model in MODELS else resolve_build(model, models=True)
     if unverified:
         from globmed_edge.trust import permit_unverified
 
