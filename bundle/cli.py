@@ -121,7 +121,7 @@ def verify(path: Path, key: Path | None) -> None:
 @click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Public key (.pub): refuse the bundle unless its signature matches.")
 @click.option("--venv", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the program goes (default: $GLOBMED_EDGE_VENV, else ~/globmed-edge).")
+              help="Where the program goes; an existing environment there is reused (default: $GLOBMED_EDGE_VENV, else ~/globmed-edge).")
 @click.option("--no-packages", is_flag=True,
               help="Only install the builds into this environment's data folder (install.sh's last step).")
 @click.option("--no-canary", is_flag=True, help="Skip the one-word answer per build.")

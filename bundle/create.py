@@ -53,14 +53,9 @@ class Selection:
 
 
 def _resolve(arg: str | Path) -> Path:
-    """A build argument: an existing path, or the name of a build in the data home."""
-    try:
-        from globmed_edge.buildref import resolve_build
-    except ImportError:  # pragma: no cover - the short-name resolver is newer than this module
-        from globmed_edge.paths import builds_dir
+    """A build argument: an existing path, or the name of a build in the data home (did-you-mean)."""
+    from globmed_edge.buildref import resolve_build
 
-        p = Path(arg)
-        return p if p.exists() else builds_dir() / str(arg)
     return resolve_build(arg)
 
 
@@ -176,10 +171,12 @@ def create(out: Path, selection: Selection, *, target: wheelhouse.Target, sign_k
         for w in files:
             if w.name.startswith(wheelhouse.LLAMA_DIST + "-"):
                 wheelhouse.check_portable(w)
-        glibc = max(wheelhouse.glibc_needed(w) for w in files)
+        needs = {w.name: wheelhouse.glibc_needed(w) for w in files}
+        glibc = max(needs.values())
         if glibc > target.glibc:
-            raise BundleError(f"the wheelhouse needs glibc {glibc[0]}.{glibc[1]}, newer than --glibc "
-                              f"{target.glibc[0]}.{target.glibc[1]}")
+            too_new = ", ".join(f"{n} ({v[0]}.{v[1]})" for n, v in needs.items() if v > target.glibc)
+            raise BundleError(f"--glibc {target.glibc[0]}.{target.glibc[1]}: these wheels need a newer glibc: "
+                              f"{too_new}; make the bundle on a machine with that glibc or older")
         log(f"[3/{steps}] installer, README and bundle.json")
         wheel_bytes = sum(w.stat().st_size for w in files)
         build_bytes = sum(size for rel, size in walk(tmp / BUILDS))

@@ -22,6 +22,7 @@ print(json.dumps({{"exit": r.exit_code, "out": r.output[:200],
 @pytest.mark.parametrize("args", [
     ["--help"], ["--version"], ["data", "--help"], ["models", "--help"], ["quantize", "--help"],
     ["bench", "--help"], ["train", "--help"], ["chat", "--help"], ["data", "stats", "--help"],
+    ["bundle", "--help"], ["bundle", "create", "--help"], ["doctor", "--help"],
 ])
 def test_help_imports_nothing_heavy(args):
     code = PROBE.format(args=args, heavy=HEAVY)
