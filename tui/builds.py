@@ -154,3 +154,21 @@ def _embedded(speeds: dict[str, float]) -> list[BuildChoice]:
 
 def fits_in_memory(choice: BuildChoice, free: int | None = None) -> bool:
     return choice.expected_memory <= (free_memory() if free is None else free)
+
+
+#: the grades from best to worst (globmed_edge.grade); "-" is a build with no parity recorded
+GRADE_ORDER = ("near-lossless", "small loss", "lossy", "-")
+
+
+def best_choice(choices: Iterable[BuildChoice], free: int | None = None) -> BuildChoice | None:
+    """The build to answer with when none is named (`chat --prompt` without BUILD): a verified
+    build, not a source model (those run on torch, ~10x slower to load), whose parity did not fail
+    and that fits in free memory; the least lossy grade first, then the fastest measured decode
+    speed (unmeasured last), then the smallest. None when no build qualifies."""
+    room = free_memory() if free is None else free
+    ok = [c for c in choices if c.problem is None and c.format != "hf" and c.parity_passed is not False
+          and c.expected_memory <= room]
+    if not ok:
+        return None
+    return min(ok, key=lambda c: (GRADE_ORDER.index(c.grade) if c.grade in GRADE_ORDER else len(GRADE_ORDER),
+                                  -(c.decode_tokens_per_s or 0.0), c.size_bytes, c.name))

@@ -22,7 +22,8 @@ def _default_lang() -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("build", required=False)
-@click.option("--prompt", "-p", help="Answer this one question on stdout and exit (no UI).")
+@click.option("--prompt", "-p", help="Answer this one question on stdout and exit (no UI); "
+              "'-' reads it from standard input. Without BUILD it uses the best verified build here.")
 @click.option("--lang", "-l", help="Interface and reply language (en, fr, sw, ar, ...). "
               "Default: from $LANG, else en.")
 @click.option("--max-tokens", type=click.IntRange(1, 8192), default=256, show_default=True,
@@ -70,7 +71,11 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
         from globmed_edge.textsafe import SafeWriter
         from globmed_edge.tui.headless import run_prompt
 
-        path = resolve_build(build or DEFAULT_MODEL, models=True)
+        if prompt == "-":
+            prompt = sys.stdin.read().strip()
+            if not prompt:
+                raise click.UsageError("--prompt -: standard input was empty")
+        path = resolve_build(build, models=True) if build else _pick_for_prompt(DEFAULT_MODEL)
         _check_build(path, unverified)
         # Model output is data: control characters never reach the terminal.
         run_prompt(path, prompt, lang=language, max_new_tokens=max_tokens, temperature=temperature,
@@ -91,6 +96,22 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
                 conversation=conversation, backend_factory=factory).run()
     finally:
         store.close()
+
+
+def _pick_for_prompt(fallback: str) -> Path:
+    """No BUILD with --prompt: the best verified build on this machine (tui.builds.best_choice),
+    said on stderr; the embedded source model only when there is none."""
+    from globmed_edge.buildref import resolve_build
+    from globmed_edge.tui.builds import best_choice, discover_builds
+
+    choice = best_choice(discover_builds(include_embedded=False))
+    if choice is None:
+        click.echo(f"note: no verified build fits here; answering with the source model {fallback} "
+                   "(slow to load: make builds with `globmed-edge quantize`)", err=True)
+        return resolve_build(fallback, models=True)
+    click.echo(f"note: answering with {choice.name} ({choice.format} {choice.quantization}"
+               + (f", {choice.grade}" if choice.grade != "-" else "") + "); name a BUILD to choose", err=True)
+    return choice.path
 
 
 def _threads(value: str) -> int | str:
