@@ -76,10 +76,12 @@ class Threads(click.ParamType):
               show_default=True, help="Results file (JSON lines); records already there are skipped.")
 @click.option("--unverified", is_flag=True, help="Also run builds that have no valid manifest; their records "
               "are marked unverified.")
+@click.option("--force", is_flag=True, help="Measure again what --out already holds for these builds (the "
+              "earlier records are moved to OUT.replaced-<time>.jsonl, not deleted).")
 def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str, ...], datasets: tuple[str, ...],
             split: str, limit: int | None, seed: int, shots: int, mode: str, reference: str | None,
             throughput: bool, repeats: int, new_tokens: int, threads: int | str | None, long_context: bool,
-            device: str, batch_items: int, out: Path, unverified: bool) -> None:
+            device: str, batch_items: int, out: Path, unverified: bool, force: bool) -> None:
     """Score BUILD... (model folders, build folders, builds' short names, embedded model names or
     .gguf files) and append records to --out."""
     from globmed_edge.bench.runner import RunConfig, run_bench
@@ -98,7 +100,7 @@ def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str,
                     datasets=_split_csv(datasets), split=split, limit=limit, shots=shots, mode=mode, seed=seed)
     cfg = RunConfig(builds=resolved, task=task, out=str(out), device=device, threads=threads, reference=ref,
                     throughput=throughput, repeats=repeats, new_tokens=new_tokens, batch_items=batch_items,
-                    long_context=long_context, progress=progress_enabled())
+                    long_context=long_context, progress=progress_enabled(), force=force)
     try:
         results = run_bench(cfg, log=lambda m: click.echo(m, err=True))
     except KeyboardInterrupt:  # Ctrl+C: one line, exit 130; every finished record is on disk

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -346,3 +346,27 @@ class ResultsFile:
         self.keys.add(rec.key())
         self.records.append(rec)
         return True
+
+    def set_aside(self, match: Callable[[Record], bool], stamp: str) -> tuple[int, Path | None]:
+        """`bench run --force`: move the records `match` picks out of this file, into
+        `<file>.replaced-<stamp>.jsonl` beside it (nothing is lost), so they are measured again.
+        The aside file is written first and the results file then replaced atomically; lines
+        that do not parse stay where they are. Returns (records moved, the aside file)."""
+        from globmed_edge.atomic import atomic_write_text
+
+        keep, moved = [], []
+        for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                rec = from_dict(json.loads(line), str(self.path))
+            except (ValueError, DataError):
+                keep.append(line)
+                continue
+            (moved if match(rec) else keep).append(line)
+        if not moved:
+            return 0, None
+        aside = self.path.with_name(f"{self.path.name}.replaced-{stamp}.jsonl")
+        atomic_write_text(aside, "".join(moved))
+        atomic_write_text(self.path, "".join(keep))
+        self.records = merge([self.path])
+        self.keys = {r.key() for r in self.records}
+        return len(moved), aside

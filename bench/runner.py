@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from globmed_edge.bench.records import AccuracyRecord, BuildInfo, ResultsFile, ThroughputRecord
+from globmed_edge.bench.records import (
+    AccuracyRecord,
+    BuildInfo,
+    Record,
+    ResultsFile,
+    ThroughputRecord,
+)
 from globmed_edge.bench.scorer import DEFAULT_BATCH_ITEMS
 from globmed_edge.bench.stats import wilson
 from globmed_edge.bench.tasks import MODES, TASKS, TaskData, TaskSpec, items_hash, load_task
@@ -46,6 +52,7 @@ class RunConfig:
     max_new_tokens: int = 24  # generate mode
     isolate: bool = True  # native runtimes in a child process: a crash fails one build, not the run
     progress: bool = False
+    force: bool = False  # measure again: this run's earlier records are set aside first (ResultsFile.set_aside)
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,8 @@ def bench_build(cfg: RunConfig, build: str, data: TaskData | None = None,
                            isolate="native" if cfg.isolate else False)
     backend.load()
     written = 0
+    left = sum(len(data.items[lang]) for lang in todo)
+    done_items, done_s = 0, 0.0
     try:
         for lang in todo:
             start = time.perf_counter()
@@ -143,8 +152,10 @@ def bench_build(cfg: RunConfig, build: str, data: TaskData | None = None,
                        max_new_tokens=cfg.max_new_tokens, progress=cfg.progress)
             rec = make_record(info, cfg, data, lang, out, time.perf_counter() - start)
             written += results.append(rec)
+            done_items, done_s, left = done_items + rec.n, done_s + rec.seconds, left - rec.n
+            eta = f"; ~{left * done_s / done_items:.0f} s left for this build" if left and done_items else ""
             log(f"{info.name} {lang}: accuracy {rec.accuracy:.3f} (n={rec.n}, "
-                f"95% CI {rec.ci_low:.3f}-{rec.ci_high:.3f}) in {rec.seconds:.1f} s")
+                f"95% CI {rec.ci_low:.3f}-{rec.ci_high:.3f}) in {rec.seconds:.1f} s{eta}")
     finally:
         backend.close()
     return written
@@ -183,6 +194,13 @@ def run_bench(cfg: RunConfig, log: Callable[[str], None] = print) -> ResultsFile
     data = load_task(cfg.task)
     log(f"task {cfg.task.task_name}: {sum(len(v) for v in data.items.values())} items in "
         f"{len(data.items)} language(s): {', '.join(f'{k}={len(v)}' for k, v in data.items.items())}")
+    if cfg.task.limit is None:
+        per_build = sum(len(v) for v in data.items.values())
+        log(f"note: no --limit: every item is scored, {per_build} per build x {len(builds)} build(s) = "
+            f"{per_build * len(builds)} items; each language's line gives the time left for its build "
+            "(Ctrl+C stops; the same command resumes)")
+    if cfg.force:
+        _set_aside(cfg, set(names), log)
     failed: list[str] = []
     for build in builds:
         info = build_info(build)
@@ -203,6 +221,23 @@ def run_bench(cfg: RunConfig, log: Callable[[str], None] = print) -> ResultsFile
                           f"builds' records are complete in {cfg.out}; rerun the same command to retry "
                           "only what is missing", failed)
     return results
+
+
+def _set_aside(cfg: RunConfig, names: set[str], log: Callable[[str], None]) -> None:
+    """--force: the records this run would skip (these builds on this device: accuracy of this task,
+    throughput at these threads, drift involving them) leave the results file for a side file."""
+    def match(rec: Record) -> bool:
+        if isinstance(rec, AccuracyRecord):
+            return rec.build.name in names and rec.device == cfg.device and rec.task == cfg.task.task_name
+        if isinstance(rec, ThroughputRecord):
+            return cfg.throughput and rec.build.name in names and rec.device == cfg.device \
+                and str(rec.threads) == str(cfg.threads)
+        return (rec.build in names or rec.reference in names) and rec.device == cfg.device \
+            and rec.task == cfg.task.task_name
+
+    moved, aside = ResultsFile(cfg.out).set_aside(match, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    if moved:
+        log(f"--force: {moved} earlier record(s) of these builds moved to {aside}; measuring them again")
 
 
 def _bench_one(cfg: RunConfig, build: str, info: BuildInfo, data: TaskData, log: Callable[[str], None]) -> None:

@@ -210,6 +210,21 @@ def test_bench_cli_runs_resumes_and_reports(default_model: Path, sample_mcq: Pat
     before = out.read_bytes()
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0 and "skipped" in r.output and out.read_bytes() == before
+    assert "no --limit" not in r.output
+    # --force measures again; the earlier records move to a side file, none is lost
+    forced = CliRunner().invoke(cli, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "--force: 2 earlier record(s)" in forced.output and "skipped" not in forced.output
+    (aside,) = tmp_path.glob("results.jsonl.replaced-*.jsonl")
+    assert aside.read_bytes() == before
+    again = list(iter_records(out))
+    assert sorted(x.lang for x in again) == ["en", "sw"] and [x.pred for x in again] == [x.pred for x in recs]
+    # without --limit every item is scored: said up front with the count, and the time left per language
+    full = CliRunner().invoke(cli, [*args[:-4], "--out", str(tmp_path / "all.jsonl")])
+    assert full.exit_code == 0, full.output
+    n = sum(x.n for x in iter_records(tmp_path / "all.jsonl"))
+    assert f"note: no --limit: every item is scored, {n} per build x 1 build(s)" in full.output
+    assert "s left for this build" in full.output
     rep = CliRunner().invoke(cli, ["bench", "report", str(out), "--out", str(tmp_path / "rep"), "--no-charts"])
     assert rep.exit_code == 0, rep.output
     assert "en" in (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
