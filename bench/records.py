@@ -354,7 +354,8 @@ class ResultsFile:
         that do not parse stay where they are. Returns (records moved, the aside file)."""
         from globmed_edge.atomic import atomic_write_text
 
-        keep, moved = [], []
+        keep: list[str] = []
+        moved: list[str] = []
         for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
             try:
                 rec = from_dict(json.loads(line), str(self.path))
