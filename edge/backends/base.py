@@ -50,6 +50,22 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    # The repetition guard: CTRL's repetition penalty over the tokens of this answer (1.0 = off).
+    # The formula of llama.cpp's `repeat_penalty` / `penalty_repeat`, onnxruntime-genai's
+    # `repetition_penalty` and transformers' RepetitionPenaltyLogitsProcessor (there with
+    # `prompt_ignore_length` = the prompt): a logit of a token already in the answer is divided
+    # by the penalty when positive and multiplied by it when negative. Prompt tokens are not
+    # penalized, so an answer may repeat the question's words. See `penalize`.
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        import math
+
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            from globmed_edge.errors import ConfigError
+
+            raise ConfigError(f"repetition_penalty={self.repetition_penalty}: must be a positive "
+                              "number (1.0 = off; 1.1-1.3 discourage loops)")
 
     @classmethod
     def from_text(cls, prompt: str, system: str | None = None, **kwargs: object) -> GenerationRequest:
@@ -267,12 +283,30 @@ def result_from_rows(rows: np.ndarray, continuation: Sequence[int], skip: int = 
     return ScoreResult(float(lp.sum()), int(target.size), bool((table.argmax(axis=-1) == target).all()))
 
 
-def pick_token(logits: np.ndarray, request: GenerationRequest, rng: np.random.Generator) -> int:
+def penalize(logits: np.ndarray, previous: Sequence[int], penalty: float) -> np.ndarray:
+    """`logits` with the repetition penalty applied to every token id in `previous` (once per
+    distinct id, as llama.cpp, onnxruntime-genai and transformers do): positive logits divided
+    by `penalty`, negative ones multiplied. A copy; `logits` is unchanged. penalty 1.0: as is."""
+    import numpy as np
+
+    if penalty == 1.0 or not len(previous):
+        return logits
+    ids = np.unique(np.asarray(previous, dtype=np.int64))
+    out = logits.astype(np.float32, copy=True)
+    seen = out[ids]
+    out[ids] = np.where(seen > 0, seen / penalty, seen * penalty)
+    return out
+
+
+def pick_token(logits: np.ndarray, request: GenerationRequest, rng: np.random.Generator,
+               previous: Sequence[int] = ()) -> int:
     """The next token from one row of logits: greedy at temperature 0, else temperature +
-    nucleus (top_p) sampling from a seeded generator. The numpy backends share it, so equal
+    nucleus (top_p) sampling from a seeded generator, after the request's repetition penalty
+    over `previous` (the tokens of the answer so far). The numpy backends share it, so equal
     logits give equal tokens whichever runtime produced them."""
     import numpy as np
 
+    logits = penalize(logits, previous, request.repetition_penalty)
     if request.temperature <= 0:
         return int(np.argmax(logits))
     z = logits.astype(np.float32) / request.temperature

@@ -394,7 +394,7 @@ class LlamaCppBackend:
             if cancel is not None and cancel.is_set():
                 yield events.cancelled(i)
                 return
-            token = pick_token(self._advance(seq, len(seq) - 1)[-1], request, rng)
+            token = pick_token(self._advance(seq, len(seq) - 1)[-1], request, rng, seq[len(ids):])
             event = events.next(i, token)
             yield event
             if event.finish_reason is not None:

@@ -263,16 +263,19 @@ class OnnxBackend:
             raise BackendError(f"the prompt ({len(ids)} tokens) fills the context length {self._context}")
         events = StreamEvents(request, lambda t: tok.decode(t, skip_special=True), len(ids), budget,
                               self._eos_ids.__contains__)
+        answer: list[int] = []
         for i in range(budget):
             if cancel is not None and cancel.is_set():
                 yield events.cancelled(i)
                 return
             logits, past = self._run(block, past, past_len)
             past_len += block.shape[1]
-            event = events.next(i, pick_token(logits[0, -1].astype(np.float32), request, rng))
+            token = pick_token(logits[0, -1].astype(np.float32), request, rng, answer)
+            event = events.next(i, token)
             yield event
             if event.finish_reason is not None:
                 return
+            answer.append(token)
             block = np.array([[event.token_id]])
 
     # ------------------------------------------------------------------ scoring

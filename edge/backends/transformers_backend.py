@@ -133,6 +133,7 @@ class TransformersBackend:
                               len(ids), request.max_new_tokens, self._eos_ids.__contains__)
         past = None
         inp = torch.tensor([ids], device=self.device)
+        answer: list[int] = []
         with torch.inference_mode():
             for i in range(request.max_new_tokens):
                 if cancel is not None and cancel.is_set():
@@ -140,15 +141,23 @@ class TransformersBackend:
                     return
                 out = self.model(input_ids=inp, past_key_values=past, use_cache=True)
                 past = out.past_key_values
-                token = self._pick(out.logits[0, -1].float(), request, gen, torch)
+                token = self._pick(out.logits[0, -1].float(), request, gen, torch, answer)
                 event = events.next(i, token)
                 yield event
                 if event.finish_reason is not None:
                     return
+                answer.append(token)
                 inp = torch.tensor([[token]], device=self.device)
 
     @staticmethod
-    def _pick(logits: Any, request: GenerationRequest, gen: Any, torch: Any) -> int:
+    def _pick(logits: Any, request: GenerationRequest, gen: Any, torch: Any, previous: list[int]) -> int:
+        if request.repetition_penalty != 1.0 and previous:
+            # base.penalize in torch (transformers' RepetitionPenaltyLogitsProcessor, prompt ignored)
+            ids = torch.tensor(sorted(set(previous)), device=logits.device)
+            seen = logits[ids]
+            logits = logits.clone()
+            logits[ids] = torch.where(seen > 0, seen / request.repetition_penalty,
+                                      seen * request.repetition_penalty)
         if request.temperature <= 0:
             return int(torch.argmax(logits))
         probs = torch.softmax(logits / request.temperature, dim=-1)
