@@ -65,6 +65,8 @@ class FakeBackend:
             raise BackendError("backend used before load()")
         self.requests.append(request)
         tokens = self.replies.pop(0) if self.replies else list(DEFAULT_TOKENS)
+        # As the real backends: a reply longer than the budget ends with "length" (cut).
+        end = "length" if len(tokens) > request.max_new_tokens else "stop"
         tokens = tokens[: request.max_new_tokens]
         prompt_tokens = len(self.tokenize(self.render_chat(request.messages)))
         for i, tok in enumerate(tokens):
@@ -81,7 +83,7 @@ class FakeBackend:
                 raise BackendError("injected failure mid-stream")
             last = i == len(tokens) - 1
             yield TokenEvent(tok, i, time.perf_counter(), token_id=i,
-                             finish_reason="stop" if last else None,
+                             finish_reason=end if last else None,
                              prompt_tokens=prompt_tokens if i == 0 else None)
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:

@@ -133,7 +133,7 @@ def test_exports_md_json_html(store, tmp_path):
     paths = {fmt: export_conversation(store, cid, fmt, tmp_path / "out") for fmt in ("md", "json", "html")}
     assert all(p.is_file() for p in paths.values())
     data = json.loads(paths["json"].read_text(encoding="utf-8"))
-    assert data["schema_version"] == 1 and data["messages"][1]["content"] == "محلول الإماهة الفموية"
+    assert data["schema_version"] == 2 and data["messages"][1]["content"] == "محلول الإماهة الفموية"
     md = paths["md"].read_text(encoding="utf-8")
     assert "# سؤال &lt;b&gt;&amp;" in md and "محلول الإماهة الفموية" in md  # raw HTML escaped (issue #16)
     html = paths["html"].read_text(encoding="utf-8")
@@ -207,3 +207,88 @@ def test_exports_say_unfinished_answers_in_the_conversation_language(store, tmp_
     html = export_conversation(store, cid, "html", tmp_path).read_text(encoding="utf-8")
     assert "*Detenido.*" in md and '<div class="status">Detenido.</div>' in html
     assert "(stopped)" not in md + html
+
+
+def test_cut_answer_is_marked_in_history_and_all_three_exports(store, tmp_path):
+    be = FakeBackend(replies=[["Donne ", "du ", "SRO ", "et ", "encore ", "du ", "SRO "], ["De ", "rien."]])
+    be.load()
+    s = ChatSession(be, store=store, lang="fr", max_new_tokens=4)
+    s.add_question("Que faire pour la diarrhée ?")
+    list(s.stream_answer())
+    ans = store.messages(s.conv_id)[-1]
+    assert ans.status == "cut" and ans.content == "Donne du SRO et "
+    md, js, html = (export_conversation(store, s.conv_id, fmt, tmp_path).read_text(encoding="utf-8")
+                    for fmt in ("md", "json", "html"))
+    cut = "Coupée : la réponse a atteint la limite de longueur."
+    assert f"*{cut}*" in md and f'<div class="status">{cut}</div>' in html
+    (answer,) = [m for m in json.loads(js)["messages"] if m["role"] == "assistant"]
+    assert answer["status"] == "cut" and answer["status_note"] == cut
+    # An answer that ended by itself is not marked.
+    s.add_question("Merci")
+    list(s.stream_answer())
+    assert store.messages(s.conv_id)[-1].status == "complete"
+
+
+def test_every_export_keeps_the_reminder_shown_and_the_notice(store, tmp_path):
+    from globmed_edge.tui.safety import emergency_reminder
+
+    be = FakeBackend()
+    be.load()
+    s = ChatSession(be, store=store, lang="en")
+    question = "Mon bébé a des yeux enfoncés et une convulsion, que faire ?"
+    shown = emergency_reminder(question, "en")  # what the chat screen shows after the question
+    assert shown
+    s.add_question(question)
+    list(s.stream_answer())
+    s.add_question("And the dose of ORS?")
+    list(s.stream_answer())
+    paths = {fmt: export_conversation(store, s.conv_id, fmt, tmp_path) for fmt in ("md", "json", "html")}
+    texts = {fmt: p.read_text(encoding="utf-8") for fmt, p in paths.items()}
+    import html as html_mod
+
+    assert texts["md"].count("⚠") == 1 and html_mod.escape(shown, quote=False) in texts["md"]
+    assert texts["html"].count("⚠") == 1 and html_mod.escape(shown) in texts["html"]
+    data = json.loads(texts["json"])
+    assert [m["reminder"] for m in data["messages"]] == [shown, None, None, None]
+    notice = "This assistant supports, and does not replace, clinical judgement. Check every answer."
+    assert all(notice in t for t in texts.values()) and data["conversation"]["safety_notice"] == notice
+    # The French question typed with the English interface is French, not "en".
+    first = data["messages"][0]
+    assert (first["lang"], first["script"], first["ui_lang"]) == ("fr", "Latn", "en")
+    assert store.messages(s.conv_id)[0].lang == "fr"
+    assert 'section class="msg user" lang="fr"' in texts["html"]
+    for p in paths.values():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640  # owner and group read
+
+
+def test_old_rows_keep_their_lang_unless_the_text_tells(store, tmp_path):
+    # A schema-1 row stored the interface language; its text decides in an export.
+    cid = store.new_conversation("t", "en")
+    store.add_message(cid, "user", "Mon enfant a de la fièvre depuis deux jours, que faire ?", lang="en")
+    store.add_message(cid, "assistant", "ok", lang="en")
+    data = json.loads(export_conversation(store, cid, "json", tmp_path).read_text(encoding="utf-8"))
+    assert [(m["lang"], m["ui_lang"]) for m in data["messages"]] == [("fr", "en"), ("en", "en")]
+
+
+def test_titles_are_not_cut_mid_word_and_export_folder_is_chosen(store, tmp_path):
+    from globmed_edge.tui.export import slug
+    from globmed_edge.tui.session import short_title
+
+    text = "Mon enfant de deux ans a une forte fièvre depuis trois jours et ne mange plus"
+    title = short_title(text)
+    assert title == "Mon enfant de deux ans a une forte fièvre…" and len(title) <= 48
+    assert short_title("short question") == "short question"
+    assert slug(text) == "mon-enfant-de-deux-ans-a-une-forte"
+    assert len(slug("x" * 60)) == 40
+    be = FakeBackend()
+    be.load()
+    s = ChatSession(be, store=store)
+    s.add_question(text)
+    list(s.stream_answer())
+    usb = tmp_path / "usb" / "exports"  # a folder the user chose; made when missing
+    path = export_conversation(store, s.conv_id, "md", usb)
+    assert path.parent == usb and path.name.endswith("-mon-enfant-de-deux-ans-a-une-forte.md")
+    assert "# Mon enfant de deux ans a une forte fièvre…" in path.read_text(encoding="utf-8")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not a folder"):
+        export_conversation(store, s.conv_id, "md", tmp_path / "file")

@@ -24,6 +24,7 @@ from globmed_edge.tui.screen_chat import ChatScreen
 from globmed_edge.tui.screen_history import HistoryScreen
 from globmed_edge.tui.screen_modals import HelpScreen, LanguageScreen
 from globmed_edge.tui.screen_picker import PickerScreen
+from globmed_edge.tui.session import DEFAULT_REPETITION_PENALTY
 from globmed_edge.tui.store import ChatStore
 from globmed_edge.tui.widgets import ChatInput
 
@@ -40,7 +41,8 @@ class ChatApp(App[None]):
                  store: ChatStore | None = None, backend_factory: BackendFactory | None = None,
                  choices: list[BuildChoice] | None = None, free_memory: int | None = None,
                  export_dir: Path | None = None, max_new_tokens: int = 256,
-                 freeze_timings: bool = False, conversation: int | None = None) -> None:
+                 freeze_timings: bool = False, conversation: int | None = None,
+                 repetition_penalty: float | None = None) -> None:
         super().__init__()
         self.build = build
         self.lang = normalize(lang)
@@ -51,6 +53,8 @@ class ChatApp(App[None]):
         self.free_memory = free_memory
         self.export_dir = export_dir
         self.max_new_tokens = max_new_tokens
+        # The repetition guard of every answer (chat --repetition-penalty; 1.0 = off).
+        self.repetition_penalty = DEFAULT_REPETITION_PENALTY if repetition_penalty is None else repetition_penalty
         self.freeze_timings = freeze_timings
         self.initial_conversation = conversation
         self.backend: Any = None

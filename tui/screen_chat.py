@@ -143,7 +143,8 @@ class ChatScreen(Screen[None]):
     def _new_session(self, conv_id: int | None = None) -> ChatSession:
         app = self.chat_app
         return ChatSession(self.backend, lang=app.lang, store=app.store, build=self.build_name,
-                           conv_id=conv_id, max_new_tokens=app.max_new_tokens)
+                           conv_id=conv_id, max_new_tokens=app.max_new_tokens,
+                           repetition_penalty=app.repetition_penalty)
 
     def _log(self) -> VerticalScroll:
         return self.query_one("#log", VerticalScroll)
@@ -243,8 +244,8 @@ class ChatScreen(Screen[None]):
         if self._answer_box is not None:
             self._answer_box.set_content(message.text, message.status)
             self._log().scroll_end(animate=False)
-        stats, stopped = message.stats, message.status == "stopped"
-        self.set_status(lambda: (self.chat_app.tr("stopped") + " " if stopped else "")
+        stats, status = message.stats, message.status
+        self.set_status(lambda: (self.chat_app.tr(status) + " " if status in ("stopped", "cut") else "")
                         + self.stats_text(stats))
 
     def on_stream_failed(self, message: StreamFailed) -> None:

@@ -2,8 +2,10 @@
 
 Plain Python (no textual): the app runs `stream_answer` in a worker thread, the one-shot
 `--prompt` mode runs it directly, and the kill test runs it in a subprocess. The system prompt
-is the short per-language one from the locale files; only complete or stopped answers (and the
-questions they answer) are sent back to the model, so a failed answer never confuses the next one.
+is the short per-language one from the locale files; only complete, stopped or cut answers (and
+the questions they answer) are sent back to the model, so a failed answer never confuses the next
+one. Every answer is generated with the repetition guard (`repetition_penalty`, recorded in its
+meta) and an answer that reached the max-new-tokens limit is saved with status ``cut``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,30 @@ from typing import Any
 from globmed_edge.backends.base import GenerationRequest, Message, TokenEvent
 from globmed_edge.tui.i18n import normalize, system_prompt
 from globmed_edge.tui.store import ChatStore
+from globmed_edge.tui.textlang import detect_language, detect_script
 
 CHECKPOINT_SECONDS = 0.5
 CHECKPOINT_TOKENS = 16
+#: The chat's repetition guard (GenerationRequest.repetition_penalty). Tried on the default
+#: model's q4_k_m and Q4_1 GGUF builds with French and Swahili dehydration questions (greedy,
+#: 256 tokens): 1.0 looped to the cap ("kuwa kuwa, kuwa kuwa, ..." 36 times), 1.1 still repeated a
+#: French sentence three times, 1.15 left no repeated 4-gram in either build or language.
+DEFAULT_REPETITION_PENALTY = 1.15
+
+
+def short_title(text: str, limit: int = 48) -> str:
+    """The first words of `text` that fit in `limit` characters, never cut mid-word (a first word
+    longer than `limit` is cut); "…" marks that words were left out."""
+    words = " ".join(text.split())
+    if len(words) <= limit:
+        return words
+    cut = words[:limit].rfind(" ")  # the title with its "…" fits in `limit`
+    return (words[:cut] if cut > 0 else words[: limit - 1]).rstrip(" ,;:.-") + "…"
+
+
+def text_meta(text: str, ui_lang: str) -> dict[str, Any]:
+    """What is known about a message's language: its script, and the interface language."""
+    return {"ui_lang": ui_lang, "script": detect_script(text)}
 
 
 @dataclass
@@ -72,13 +95,15 @@ class StreamStats:
 class ChatSession:
     def __init__(self, backend: Any, *, lang: str = "en", store: ChatStore | None = None,
                  build: str = "", conv_id: int | None = None, max_new_tokens: int = 256,
-                 temperature: float = 0.0, title: str | None = None) -> None:
+                 temperature: float = 0.0, title: str | None = None,
+                 repetition_penalty: float = DEFAULT_REPETITION_PENALTY) -> None:
         self.backend = backend
         self.lang = normalize(lang)
         self.store = store
         self.build = build
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        self.repetition_penalty = repetition_penalty
         self.conv_id = conv_id
         self.turns: list[Turn] = []
         self._title = title
@@ -98,7 +123,7 @@ class ChatSession:
     def _ensure_conversation(self, first_text: str) -> None:
         if self.store is None or self.conv_id is not None:
             return
-        title = self._title or " ".join(first_text.split())[:48] or "…"
+        title = self._title or short_title(first_text) or "…"
         self.conv_id = self.store.new_conversation(title, self.lang, self.build)
 
     def request(self) -> GenerationRequest:
@@ -108,20 +133,21 @@ class ChatSession:
         for turn in self.turns:
             if turn.role == "user":
                 pending = turn
-            elif pending is not None and turn.status in ("complete", "stopped") and turn.content:
+            elif pending is not None and turn.status in ("complete", "stopped", "cut") and turn.content:
                 msgs += [Message("user", pending.content), Message("assistant", turn.content)]
                 pending = None
         if pending is None:
             raise ValueError("no question waiting for an answer")
         msgs.append(Message("user", pending.content))
         return GenerationRequest(messages=tuple(msgs), max_new_tokens=self.max_new_tokens,
-                                 temperature=self.temperature)
+                                 temperature=self.temperature, repetition_penalty=self.repetition_penalty)
 
     def add_question(self, text: str) -> Turn:
         self._ensure_conversation(text)
-        turn = Turn("user", text)
+        turn = Turn("user", text, meta=text_meta(text, self.lang))
         if self.store is not None and self.conv_id is not None:
-            turn.msg_id = self.store.add_message(self.conv_id, "user", text, lang=self.lang)
+            turn.msg_id = self.store.add_message(self.conv_id, "user", text, lang=detect_language(text),
+                                                 meta=turn.meta)
         self.turns.append(turn)
         return turn
 
@@ -145,10 +171,12 @@ class ChatSession:
         """
         req = self.request()
         stats = StreamStats(started=time.perf_counter())
-        turn = Turn("assistant", "", "streaming", meta={"lang": self.lang})
+        turn = Turn("assistant", "", "streaming",
+                    meta={"ui_lang": self.lang, "repetition_penalty": req.repetition_penalty,
+                          "max_new_tokens": req.max_new_tokens})
         if self.store is not None and self.conv_id is not None:
             turn.msg_id = self.store.add_message(self.conv_id, "assistant", "", status="streaming",
-                                                 lang=self.lang)
+                                                 meta=turn.meta)
         self.turns.append(turn)
         parts: list[str] = []
         saved_at, saved_tokens = time.monotonic(), 0
@@ -162,6 +190,8 @@ class ChatSession:
                     yield ev.text, stats
                 if ev.finish_reason == "cancelled":
                     status = "stopped"
+                elif ev.finish_reason == "length":
+                    status = "cut"
                 if (self.store is not None and turn.msg_id is not None
                         and (stats.tokens - saved_tokens >= CHECKPOINT_TOKENS
                              or time.monotonic() - saved_at >= CHECKPOINT_SECONDS)):
@@ -179,8 +209,10 @@ class ChatSession:
 
     def _finish(self, turn: Turn, status: str, stats: StreamStats, error: str | None = None) -> None:
         turn.status = status
-        turn.meta = {**turn.meta, **stats.as_meta(), "build": self.build}
+        turn.meta = {**turn.meta, **stats.as_meta(), "build": self.build,
+                     "script": detect_script(turn.content)}
         if error:
             turn.meta["error"] = error
         if self.store is not None and turn.msg_id is not None:
-            self.store.finish_message(turn.msg_id, turn.content, status, turn.meta)
+            self.store.finish_message(turn.msg_id, turn.content, status, turn.meta,
+                                      lang=detect_language(turn.content))

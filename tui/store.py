@@ -2,7 +2,8 @@
 
 Answers are written as they stream: the assistant row is inserted with status ``streaming``
 when generation starts, its text is checkpointed every few tokens, and it is marked
-``complete`` / ``stopped`` / ``error`` when it ends. A process killed mid-answer therefore
+``complete`` / ``stopped`` / ``cut`` (it reached the max-new-tokens limit) / ``error`` when it
+ends. A process killed mid-answer therefore
 loses at most the tokens since the last checkpoint of that one answer; on the next open such
 rows are marked ``interrupted`` and kept. Nothing here imports textual.
 """
@@ -24,7 +25,10 @@ from globmed_edge.errors import ConfigError, HistoryError
 
 SCHEMA_VERSION = 1
 DB_NAME = "chat_history.sqlite3"
-STATUSES = ("complete", "streaming", "stopped", "error", "interrupted")
+# "cut" (added after schema 1 without a schema change: status is plain TEXT, not constrained) is
+# an answer that reached the max-new-tokens limit. Message `lang` is the language detected in its
+# text ("" when it cannot be told); the interface language is `meta["ui_lang"]` (older rows: lang).
+STATUSES = ("complete", "streaming", "stopped", "cut", "error", "interrupted")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -279,12 +283,13 @@ class ChatStore:
             db.execute("UPDATE messages SET content=? WHERE id=?", (content, msg_id))
 
     def finish_message(self, msg_id: int, content: str, status: str,
-                       meta: dict[str, Any] | None = None) -> None:
+                       meta: dict[str, Any] | None = None, *, lang: str | None = None) -> None:
+        """The final text, status and meta of an answer (and its detected language, if given)."""
         if status not in STATUSES:
             raise ConfigError(f"message status {status!r} is not one of {', '.join(STATUSES)}")
         with self._tx() as db:
-            db.execute("UPDATE messages SET content=?, status=?, meta=? WHERE id=?",
-                       (content, status, json.dumps(meta or {}, ensure_ascii=False), msg_id))
+            db.execute("UPDATE messages SET content=?, status=?, meta=?, lang=COALESCE(?, lang) WHERE id=?",
+                       (content, status, json.dumps(meta or {}, ensure_ascii=False), lang, msg_id))
 
     def delete_message(self, msg_id: int) -> None:
         with self._tx() as db:

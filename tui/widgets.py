@@ -99,8 +99,8 @@ class MessageBox(Static):
                 text.append(clean_text(self.body))  # model output and saved text are data
             elif self.status == "streaming":
                 text.append(tr("waiting"), style="dim")
-            if self.status in ("stopped", "interrupted", "error"):
-                label = {"stopped": tr("stopped"), "interrupted": tr("interrupted"),
+            if self.status in ("stopped", "cut", "interrupted", "error"):
+                label = {"stopped": tr("stopped"), "cut": tr("cut"), "interrupted": tr("interrupted"),
                          "error": clean_line(self.note)}[self.status]
                 text.append("\n" + label, style="italic")
         else:  # emergency reminder
