@@ -192,6 +192,9 @@ def run_bench(cfg: RunConfig, log: Callable[[str], None] = print) -> ResultsFile
     if dup:
         raise ConfigError(f"two builds share the name {dup[0]!r}; records are keyed by build name")
     data = load_task(cfg.task)
+    from globmed_edge.paths import remember_results_file
+
+    remember_results_file(cfg.out)  # the chat picker reads speed and memory from every results file
     log(f"task {cfg.task.task_name}: {sum(len(v) for v in data.items.values())} items in "
         f"{len(data.items)} language(s): {', '.join(f'{k}={len(v)}' for k, v in data.items.items())}")
     if cfg.task.limit is None:

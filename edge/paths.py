@@ -42,6 +42,31 @@ def builds_dir() -> Path:
     return data_home() / "builds"
 
 
+def results_index() -> Path:
+    """The list of results files `bench run` wrote, wherever they are (one absolute path a line),
+    so the chat picker finds measured speed and memory without being told where to look."""
+    return data_home() / "bench" / "results-files.txt"
+
+
+def remember_results_file(path: str | Path) -> None:
+    from globmed_edge.atomic import atomic_write_text
+
+    index = results_index()
+    known = [str(p) for p in known_results_files(existing=False)]
+    entry = str(Path(path).resolve())
+    if entry not in known:
+        atomic_write_text(index, "".join(f"{k}\n" for k in [*known, entry]))
+
+
+def known_results_files(*, existing: bool = True) -> list[Path]:
+    try:
+        lines = results_index().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    paths = [Path(line) for line in dict.fromkeys(lines) if line.startswith("/")]
+    return [p for p in paths if p.is_file()] if existing else paths
+
+
 def shared_data_dir() -> Path | None:
     """`../shared/data` beside the checkout, when present (CI and developer machines)."""
     override = os.environ.get("GLOBMED_SHARED_DATA")

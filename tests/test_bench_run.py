@@ -207,6 +207,9 @@ def test_bench_cli_runs_resumes_and_reports(default_model: Path, sample_mcq: Pat
         assert x.accuracy == sum(p == g for p, g in zip(x.pred, x.gold, strict=True)) / 3
         assert x.items_hash == items_hash([i for i in load_task(TaskSpec(
             sources=(str(sample_mcq),), langs=(x.lang,), limit=3)).items[x.lang]])
+    from globmed_edge.paths import known_results_files
+
+    assert out.resolve() in known_results_files()  # so the chat picker finds its speed and memory
     before = out.read_bytes()
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0 and "skipped" in r.output and out.read_bytes() == before

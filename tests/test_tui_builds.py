@@ -113,3 +113,22 @@ def test_one_shot_without_build_uses_the_best_verified_build(tmp_path, monkeypat
     assert "note: answering with smol-q4_1 (gguf q4_1" in r.stderr and r.stdout.strip()
     empty = CliRunner().invoke(cli, ["chat", "--prompt", "-"], input="")
     assert empty.exit_code == 2 and "standard input was empty" in empty.output
+
+
+def test_speed_and_measured_memory_come_from_results_written_anywhere(tmp_path, monkeypatch):
+    from globmed_edge.paths import known_results_files, remember_results_file
+
+    monkeypatch.setenv("GLOBMED_EDGE_HOME", str(tmp_path / "home"))
+    build = _build(tmp_path / "home" / "builds", "q4")
+    elsewhere = tmp_path / "project" / "results.jsonl"  # bench run --out in some working folder
+    elsewhere.parent.mkdir()
+    rec = {"type": "throughput", "device": "cpu", "build": {"name": "q4", "path": str(build)},
+           "decode_tokens_per_s": 74.2, "peak_rss_bytes": 270 * 2**20}
+    elsewhere.write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    (c,) = discover_builds(include_embedded=False)
+    assert c.decode_tokens_per_s is None and not c.memory_measured  # not known yet: an estimate
+    remember_results_file(elsewhere)
+    remember_results_file(elsewhere)  # listed once
+    assert known_results_files() == [elsewhere.resolve()]
+    (c,) = discover_builds(include_embedded=False)
+    assert (c.decode_tokens_per_s, c.expected_memory, c.memory_measured) == (74.2, 270 * 2**20, True)

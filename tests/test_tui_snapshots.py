@@ -74,3 +74,22 @@ def test_picker_snapshot(snap_compare, tmp_path):
     app = ChatApp(None, store=ChatStore(tmp_path / "h.sqlite3"), choices=choices,
                   free_memory=2 * 2**30, freeze_timings=True)
     assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_picker_tells_builds_of_one_model_apart_and_marks_one(snap_compare, tmp_path):
+    """Issue #15 item 7: at 80 columns the names keep their distinguishing end (format and
+    quantization), and the build `chat --prompt` would pick here is marked and highlighted."""
+    model = "smollm2-135m-instruct"
+    choices = [
+        BuildChoice(f"{model}-gguf-q4_k_m", Path(f"/data/builds/{model}-gguf-q4_k_m"), "gguf", "q4_k_m",
+                    101 * 2**20, "English", 270 * 2**20, 74.2, parity_passed=True, grade="small loss",
+                    memory_measured=True),
+        BuildChoice(f"{model}-gguf-q8_0", Path(f"/data/builds/{model}-gguf-q8_0"), "gguf", "q8_0",
+                    138 * 2**20, "English", 310 * 2**20, 81.1, parity_passed=True, grade="near-lossless",
+                    memory_measured=True),
+        BuildChoice(f"{model}-onnx-int4", Path(f"/data/builds/{model}-onnx-int4"), "onnx", "int4",
+                    86 * 2**20, "English", 410 * 2**20, None, parity_passed=True, grade="lossy"),
+    ]
+    app = ChatApp(None, store=ChatStore(tmp_path / "h.sqlite3"), choices=choices,
+                  free_memory=2 * 2**30, freeze_timings=True)
+    assert snap_compare(app, terminal_size=(80, 24))

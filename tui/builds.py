@@ -3,8 +3,9 @@
 Builds come from `find_builds(builds_dir())` (each with a manifest, checked for missing or
 resized files here and re-hashed in full when loaded) plus the prepared embedded models. Each
 carries its parity verdict and grade (globmed_edge.grade) from its manifest. Memory
-is an estimate (file size times a per-format factor plus runtime overhead); speed comes from
-`throughput` records of `globmed-edge bench` when a results file mentions the build.
+is the peak RSS a `bench run --throughput` measured when a results file mentions the build (every
+file `bench run` wrote is listed in the data home, paths.known_results_files), else an estimate
+(file size times a per-format factor plus runtime overhead); speed comes from the same records.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class BuildChoice:
     problem: str | None = None  # why it cannot be loaded (manifest mismatch), shown greyed out
     parity_passed: bool | None = None  # the manifest's parity check: None when none is recorded
     grade: str = "-"  # globmed_edge.grade.parity_grade of that check
+    memory_measured: bool = False  # expected_memory is a bench throughput record's peak RSS, not an estimate
 
     def parity_text(self) -> str:
         """"parity pass, small loss" (or FAIL), "" when no parity check is recorded."""
@@ -66,13 +68,14 @@ def expected_memory(fmt: str, size_bytes: int) -> int:
     return int(size_bytes * MEMORY_FACTOR.get(fmt, 1.5)) + RUNTIME_OVERHEAD
 
 
-def _speeds(results: Iterable[Path]) -> dict[str, float]:
-    """build path or name -> best CPU decode tokens/s from bench throughput records."""
-    speeds: dict[str, float] = {}
+def _measured(results: Iterable[Path]) -> dict[str, tuple[float, int | None]]:
+    """build path or name -> (best CPU decode tokens/s, the peak RSS of that run) from bench
+    throughput records."""
+    best: dict[str, tuple[float, int | None]] = {}
     for path in results:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             continue
         for line in lines:
             try:
@@ -82,19 +85,21 @@ def _speeds(results: Iterable[Path]) -> dict[str, float]:
             if not isinstance(rec, dict) or rec.get("type") != "throughput" or rec.get("device") != "cpu":
                 continue
             build = rec.get("build") or {}
-            tps = rec.get("decode_tokens_per_s")
-            if not isinstance(tps, (int, float)):
+            tps, rss = rec.get("decode_tokens_per_s"), rec.get("peak_rss_bytes")
+            if not isinstance(tps, (int, float)) or isinstance(tps, bool):
                 continue
+            peak = int(rss) if isinstance(rss, int) and not isinstance(rss, bool) and rss > 0 else None
             for key in (build.get("path"), build.get("name")):
-                if key:
-                    speeds[str(key)] = max(float(tps), speeds.get(str(key), 0.0))
-    return speeds
+                if key and float(tps) > best.get(str(key), (0.0, None))[0]:
+                    best[str(key)] = (float(tps), peak)
+    return best
 
 
 def default_results_files() -> list[Path]:
-    from globmed_edge.paths import data_home
+    """Results files under the data home's bench/, and every one `bench run` wrote elsewhere."""
+    from globmed_edge.paths import data_home, known_results_files
 
-    return sorted((data_home() / "bench").glob("**/*.jsonl"))
+    return list(dict.fromkeys([*sorted((data_home() / "bench").glob("**/*.jsonl")), *known_results_files()]))
 
 
 def discover_builds(roots: list[Path] | None = None, results: list[Path] | None = None,
@@ -105,7 +110,7 @@ def discover_builds(roots: list[Path] | None = None, results: list[Path] | None 
     from globmed_edge.paths import builds_dir
     from globmed_edge.textsafe import clean_line
 
-    speeds = _speeds(results if results is not None else default_results_files())
+    measured = _measured(results if results is not None else default_results_files())
     found: list[BuildChoice] = []
     for path in find_builds(roots if roots is not None else [builds_dir()]):
         try:
@@ -118,14 +123,15 @@ def discover_builds(roots: list[Path] | None = None, results: list[Path] | None 
         if isinstance(langs, list):
             langs = ", ".join(str(x) for x in langs)
         passed = (manifest.parity or {}).get("passed")
+        tps, rss = measured.get(str(path)) or measured.get(manifest.name) or (None, None)
         found.append(BuildChoice(
             clean_line(manifest.name), path, manifest.format, clean_line(manifest.quantization),
-            manifest.size_bytes, clean_line(langs), expected_memory(manifest.format, manifest.size_bytes),
-            speeds.get(str(path)) or speeds.get(manifest.name),
-            problem=clean_line("; ".join(str(p) for p in problems[:2])) or None,
-            parity_passed=passed if isinstance(passed, bool) else None, grade=parity_grade(manifest.parity)))
+            manifest.size_bytes, clean_line(langs), rss or expected_memory(manifest.format, manifest.size_bytes),
+            tps, problem=clean_line("; ".join(str(p) for p in problems[:2])) or None,
+            parity_passed=passed if isinstance(passed, bool) else None, grade=parity_grade(manifest.parity),
+            memory_measured=rss is not None))
     if include_embedded:
-        found += _embedded(speeds)
+        found += _embedded(measured)
     return found
 
 
@@ -137,7 +143,7 @@ def _model_languages(model_id: str) -> str | None:
     return spec.languages if spec else None
 
 
-def _embedded(speeds: dict[str, float]) -> list[BuildChoice]:
+def _embedded(measured: dict[str, tuple[float, int | None]]) -> list[BuildChoice]:
     from globmed_edge.models import MODELS, prepared_path, read_record
 
     out = []
@@ -146,9 +152,9 @@ def _embedded(speeds: dict[str, float]) -> list[BuildChoice]:
         if read_record(path) is None:
             continue
         size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+        tps, rss = measured.get(str(path)) or measured.get(name) or (None, None)
         out.append(BuildChoice(name, path, "hf", "bf16", size, spec.languages,
-                               expected_memory("hf", size),
-                               speeds.get(str(path)) or speeds.get(name)))
+                               rss or expected_memory("hf", size), tps, memory_measured=rss is not None))
     return out
 
 

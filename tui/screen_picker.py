@@ -10,7 +10,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from globmed_edge.tui.builds import BuildChoice, free_memory, human_bytes
+from globmed_edge.tui.builds import BuildChoice, best_choice, free_memory, human_bytes
 
 if TYPE_CHECKING:
     from globmed_edge.tui.app import ChatApp
@@ -18,6 +18,15 @@ if TYPE_CHECKING:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _clip_middle(text: str, width: int, tail: int = 13) -> str:
+    """Cut from the middle: builds of one model differ at the end of their names (-gguf-q4_k_m),
+    so the end stays and the shared model name gives way."""
+    if len(text) <= width:
+        return text
+    tail = min(tail, width // 2)
+    return text[: width - tail - 1] + "…" + text[-tail:]
 
 
 class PickerScreen(Screen[None]):
@@ -32,6 +41,8 @@ class PickerScreen(Screen[None]):
         self.choices = choices
         self.free = free_memory() if free is None else free
         self._confirm: int | None = None  # row waiting for a second Enter (RAM warning)
+        best = best_choice(choices, self.free)  # the same rule as `chat --prompt` without BUILD
+        self.recommended = next((i for i, c in enumerate(choices) if c is best), None)
 
     @property
     def chat_app(self) -> ChatApp:
@@ -60,12 +71,15 @@ class PickerScreen(Screen[None]):
         table.add_columns(tr("col_name"), tr("col_size"), tr("col_memory"), tr("col_speed"),
                           tr("col_langs"))
         for i, c in enumerate(self.choices):
-            warn = "⚠ " if c.expected_memory > self.free or c.problem else ""
+            mark = "★ " if i == self.recommended else "⚠ " if c.expected_memory > self.free or c.problem else ""
             speed = f"{c.decode_tokens_per_s:.0f} tok/s" if c.decode_tokens_per_s else "–"
-            name = _clip(f"{warn}{c.name}", 26)
-            table.add_row(name, human_bytes(c.size_bytes), "≈" + human_bytes(c.expected_memory),
-                          speed, _clip(c.languages, 16), key=str(i))
-        self._show_details(0)
+            name = _clip_middle(f"{mark}{c.name}", 26)
+            memory = ("" if c.memory_measured else "≈") + human_bytes(c.expected_memory)
+            table.add_row(name, human_bytes(c.size_bytes), memory, speed, _clip(c.languages, 16), key=str(i))
+        start = self.recommended or 0
+        if start:
+            table.move_cursor(row=start)
+        self._show_details(start)
 
     def _show_details(self, index: int) -> None:
         if not self.choices:
@@ -74,7 +88,9 @@ class PickerScreen(Screen[None]):
         c = self.choices[index]
         # The grade tells builds of one model apart; the 80-column row has no room left for it.
         parity = c.parity_text()
-        text = f"{c.name} · {c.format} {c.quantization}{' · ' + parity if parity else ''} · {c.languages}\n{c.path}"
+        star = "★ " if index == self.recommended else ""
+        text = (f"{star}{c.name} · {c.format} {c.quantization}{' · ' + parity if parity else ''} · "
+                f"{c.languages}\n{c.path}")
         if c.problem:
             text += f"\n⚠ {c.problem}"
         elif c.expected_memory > self.free:
