@@ -262,6 +262,12 @@ def test_chat_prompt_takes_a_build_name(gguf_home, monkeypatch):
     r = run("chat", "smol-q4_1", "--prompt", "Hi", "--max-tokens", "3", "--threads", "1")
     assert r.exit_code == 0, r.output
     assert r.stdout.strip()
+    assert "✂ Cut off: the answer reached the length limit." in r.stderr  # 3 tokens: cut, and said so
+    off = run("chat", "smol-q4_1", "--prompt", "Hi", "--max-tokens", "3", "--threads", "1",
+              "--repetition-penalty", "1.0")
+    assert off.exit_code == 0 and off.stdout.strip(), off.output
+    bad = run("chat", "smol-q4_1", "--prompt", "Hi", "--repetition-penalty", "0")
+    assert bad.exit_code == 2 and "--repetition-penalty" in bad.stderr
 
 
 @pytest.mark.gguf

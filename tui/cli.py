@@ -41,9 +41,15 @@ def _default_lang() -> str:
 @click.option("--unverified", is_flag=True,
               help="Run BUILD even though it has no valid manifest (its files cannot be checked); "
                    "the app then marks it UNVERIFIED.")
+@click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Repetition guard for every answer: 1.0 = off; default 1.15 (stops the small "
+                   "models' loops; recorded with each answer).")
+@click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for exported conversations (F3), e.g. a USB stick; made if missing.")
 def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: int,
          temperature: float, db: Path | None, conversation: int | None, fresh_history: bool,
-         threads: str | None, unverified: bool) -> None:
+         threads: str | None, unverified: bool, repetition_penalty: float | None,
+         export_dir: Path | None) -> None:
     """Offline chat with a build on this machine (terminal app; nothing is sent anywhere).
 
     BUILD is a build folder, a build's short name (`globmed-edge models list` shows them), an HF
@@ -80,7 +86,7 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
         # Model output is data: control characters never reach the terminal.
         run_prompt(path, prompt, lang=language, max_new_tokens=max_tokens, temperature=temperature,
                    out=SafeWriter(sys.stdout), err=SafeWriter(sys.stderr),  # type: ignore[arg-type]
-                   backend_factory=factory)
+                   backend_factory=factory, repetition_penalty=repetition_penalty)
         return
     from globmed_edge.deps import require
 
@@ -93,7 +99,8 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
     store = _open_store(db, fresh_history)
     try:
         ChatApp(path, lang=language, store=store, max_new_tokens=max_tokens,
-                conversation=conversation, backend_factory=factory).run()
+                conversation=conversation, backend_factory=factory,
+                repetition_penalty=repetition_penalty, export_dir=export_dir).run()
     finally:
         store.close()
 

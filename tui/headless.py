@@ -35,7 +35,8 @@ def _wait_quietly(event: threading.Event, timeout: float) -> None:
 
 def run_prompt(build: Path, prompt: str, *, lang: str = "en", max_new_tokens: int = 256,
                temperature: float = 0.0, out: TextIO | None = None, err: TextIO | None = None,
-               backend_factory: BackendFactory | None = None) -> StreamStats:
+               backend_factory: BackendFactory | None = None,
+               repetition_penalty: float | None = None) -> StreamStats:
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     tr = Translator(lang)
@@ -44,8 +45,9 @@ def run_prompt(build: Path, prompt: str, *, lang: str = "en", max_new_tokens: in
     if reminder:
         err.write(f"⚠ {reminder}\n")
     backend = load_backend(build, backend_factory)
+    guard = {} if repetition_penalty is None else {"repetition_penalty": repetition_penalty}
     session = ChatSession(backend, lang=lang, build=build_label(build),
-                          max_new_tokens=max_new_tokens, temperature=temperature)
+                          max_new_tokens=max_new_tokens, temperature=temperature, **guard)
     session.add_question(prompt)
     result: list[StreamStats] = []
     failure: list[BaseException] = []
@@ -95,6 +97,8 @@ def run_prompt(build: Path, prompt: str, *, lang: str = "en", max_new_tokens: in
     out.write("\n")
     out.flush()
     stats = result[0]
+    if session.turns and session.turns[-1].status == "cut":  # an answer cut at --max-tokens says so
+        err.write(f"✂ {tr('cut')}\n")
     tps, ttft = stats.tokens_per_second, stats.ttft
     err.write(tr("stats", tps="–" if tps is None else f"{tps:.1f}",
                  ttft="–" if ttft is None else f"{ttft:.2f}") + "\n")

@@ -91,6 +91,8 @@ class PickerScreen(Screen[None]):
         star = "★ " if index == self.recommended else ""
         text = (f"{star}{c.name} · {c.format} {c.quantization}{' · ' + parity if parity else ''} · "
                 f"{c.languages}\n{c.path}")
+        if index == self.recommended:
+            text += f"\n★ {self.chat_app.tr('recommended')}"
         if c.problem:
             text += f"\n⚠ {c.problem}"
         elif c.expected_memory > self.free:
