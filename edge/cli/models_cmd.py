@@ -181,6 +181,11 @@ def prepare(name: str, force: bool) -> None:
     rec = read_record(out) or {}
     click.echo(f"{name}: ready at {out}")
     click.echo(f"  source {rec.get('source', {}).get('file')} sha256 {rec.get('source', {}).get('sha256')}")
+    from globmed_edge.models import get_spec, packaged_build_path
+
+    build = packaged_build_path(get_spec(name))
+    if build is not None:
+        click.echo(f"  build {build.name} (the packaged GGUF, with its manifest) at {build}")
 
 
 @models.command()
