@@ -278,3 +278,64 @@ def test_default_language_from_environment(monkeypatch, env, expected):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert _default_lang() == expected
+
+
+# ------------------------------------------------------------------ remembered settings (#15 item 10)
+
+async def test_language_and_last_build_survive_a_restart_and_history_opens_from_the_picker(tmp_path):
+    db = tmp_path / "history.sqlite3"
+    builds = [BuildChoice(name, Path(f"/b/{name}"), "gguf", q, 2**20, "English", 2**20)
+              for name, q in (("smol-q8", "q8_0"), ("smol-q4", "q4_k_m"), ("smol-q2", "q2_k"))]
+    store = ChatStore(db)
+    app = ChatApp(None, store=store, choices=builds, free_memory=2**30, freeze_timings=True,
+                  backend_factory=lambda p: FakeBackend())
+    async with app.run_test(size=SIZE) as pilot:
+        app.set_language("sw")
+        picker = app.screen
+        assert isinstance(picker, PickerScreen)
+        picker.query_one("DataTable").move_cursor(row=2)
+        await pilot.press("enter")
+        chat = await ready(pilot, app)
+        await ask(pilot, chat, "Homa ni nini?")
+        conv = chat.session.conv_id
+    store.close()
+    reopened = ChatStore(db)  # what a restart reads
+    assert (reopened.get_setting("ui_lang"), reopened.get_setting("last_build")) == ("sw", "/b/smol-q2")
+    with pytest.raises(Exception, match="unknown chat setting"):
+        reopened.set_setting("theme", "dark")
+    app = ChatApp(None, store=reopened, choices=builds, free_memory=2**30, freeze_timings=True,
+                  backend_factory=lambda p: FakeBackend())
+    async with app.run_test(size=SIZE) as pilot:
+        picker = app.screen
+        assert isinstance(picker, PickerScreen)
+        assert picker.query_one("DataTable").cursor_row == 2  # the build used last time
+        await pilot.press("f2")  # history before any model is loaded
+        await until(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        app.screen.dismiss(conv)
+        chat = await ready(pilot, app)
+        assert app.path == Path("/b/smol-q2")  # the build that conversation was held with
+        await until(pilot, lambda: any("Homa ni nini?" in str(b.render()) for b in boxes(chat, "user")))
+    reopened.close()
+
+
+def test_cli_opens_in_the_language_chosen_last_time(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import globmed_edge.tui.app as app_mod
+    from globmed_edge.cli.main import cli
+
+    db = tmp_path / "h.sqlite3"
+    s = ChatStore(db)
+    s.set_setting("ui_lang", "fr")
+    s.close()
+    seen = {}
+
+    def fake_run(self):
+        seen["lang"] = self.lang
+
+    monkeypatch.delenv("GLOBMED_EDGE_LANG", raising=False)
+    monkeypatch.setattr(app_mod.ChatApp, "run", fake_run)
+    assert CliRunner().invoke(cli, ["chat", "--db", str(db)]).exit_code == 0 and seen["lang"] == "fr"
+    assert CliRunner().invoke(cli, ["chat", "--db", str(db), "--lang", "sw"]).exit_code == 0 and seen["lang"] == "sw"
+    monkeypatch.setenv("GLOBMED_EDGE_LANG", "ar")
+    assert CliRunner().invoke(cli, ["chat", "--db", str(db)]).exit_code == 0 and seen["lang"] == "ar"

@@ -83,6 +83,7 @@ class ChatApp(App[None]):
 
     def open_build(self, path: Path, name: str | None = None) -> None:
         self.path = path
+        self._remember("last_build", str(path))
         self.chat = ChatScreen(name or build_label(path))
         if isinstance(self.screen, PickerScreen):
             self.switch_screen(self.chat)
@@ -145,9 +146,20 @@ class ChatApp(App[None]):
 
     # ------------------------------------------------------------------ language
 
+    def _remember(self, key: str, value: str) -> None:
+        """A setting for the next start (history file); a read-only history only loses the memory."""
+        if self.store is not None:
+            from globmed_edge.errors import GlobmedError
+
+            try:
+                self.store.set_setting(key, value)
+            except (GlobmedError, OSError, __import__("sqlite3").Error):
+                pass
+
     def set_language(self, lang: str) -> None:
         self.lang = normalize(lang)
         self.tr = Translator(self.lang)
+        self._remember("ui_lang", self.lang)
         if self.chat is not None and self.chat.session is not None:
             self.chat.session.set_language(self.lang)
         for screen in self.screen_stack:
@@ -174,8 +186,12 @@ class ChatApp(App[None]):
             return
 
         def chosen(conv: int | None) -> None:
-            if conv is not None and self.chat is not None:
+            if conv is None:
+                return
+            if self.chat is not None:
                 self.chat.show_conversation(conv)
+            elif isinstance(self.screen, PickerScreen):  # F2 before a model is loaded
+                self.screen.continue_conversation(conv)
 
         self.push_screen(HistoryScreen(), chosen)
 

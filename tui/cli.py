@@ -25,7 +25,7 @@ def _default_lang() -> str:
 @click.option("--prompt", "-p", help="Answer this one question on stdout and exit (no UI); "
               "'-' reads it from standard input. Without BUILD it uses the best verified build here.")
 @click.option("--lang", "-l", help="Interface and reply language (en, fr, sw, ar, ...). "
-              "Default: from $LANG, else en.")
+              "Default: $GLOBMED_EDGE_LANG, else the one chosen last time (F4), else from $LANG, else en.")
 @click.option("--max-tokens", type=click.IntRange(1, 8192), default=256, show_default=True,
               help="Longest answer, in tokens.")
 @click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=0.0, show_default=True,
@@ -97,6 +97,9 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
     if path is not None:
         _check_build(path, unverified)
     store = _open_store(db, fresh_history)
+    if not lang and not os.environ.get("GLOBMED_EDGE_LANG"):  # the language chosen last time (F4)
+        remembered = store.get_setting("ui_lang")
+        language = normalize(remembered) if remembered else language
     try:
         ChatApp(path, lang=language, store=store, max_new_tokens=max_tokens,
                 conversation=conversation, backend_factory=factory,

@@ -32,6 +32,7 @@ def _clip_middle(text: str, width: int, tail: int = 13) -> str:
 class PickerScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f1", "app.show_help", "Help", priority=True),
+        Binding("f2", "app.show_history", "History", priority=True),
         Binding("f4,ctrl+l", "app.choose_language", "Language", priority=True),
         Binding("escape", "app.quit", "Quit"),
     ]
@@ -65,7 +66,7 @@ class PickerScreen(Screen[None]):
         self.query_one("#notice", Static).update("⚕ " + tr("safety_notice"))
         hint = tr("pick_hint") if self.choices else tr("no_builds")
         self.query_one("#hint", Static).update(f"{hint}  [b]F1[/b] {tr('key_help')}  "
-                                               f"[b]F4[/b] {tr('key_language')}")
+                                               f"[b]F2[/b] {tr('key_history')}  [b]F4[/b] {tr('key_language')}")
         table = self.query_one(DataTable)
         table.clear(columns=True)
         table.add_columns(tr("col_name"), tr("col_size"), tr("col_memory"), tr("col_speed"),
@@ -76,10 +77,29 @@ class PickerScreen(Screen[None]):
             name = _clip_middle(f"{mark}{c.name}", 26)
             memory = ("" if c.memory_measured else "≈") + human_bytes(c.expected_memory)
             table.add_row(name, human_bytes(c.size_bytes), memory, speed, _clip(c.languages, 16), key=str(i))
-        start = self.recommended or 0
+        start = self._last_build()
+        start = self.recommended or 0 if start is None else start
         if start:
             table.move_cursor(row=start)
         self._show_details(start)
+
+    def _last_build(self) -> int | None:
+        """The row of the build opened last time (remembered in the history file), if listed."""
+        store = self.chat_app.store
+        last = store.get_setting("last_build") if store is not None else None
+        return next((i for i, c in enumerate(self.choices) if last and str(c.path) == last), None)
+
+    def continue_conversation(self, conv: int) -> None:
+        """F2 in the picker chose a saved conversation: open it with the build it was held with
+        when that build is listed here, else keep the picker up to choose one for it."""
+        app = self.chat_app
+        app.initial_conversation = conv
+        name = app.store.get_conversation(conv).build if app.store is not None else ""
+        match = next((c for c in self.choices if c.name == name and not c.problem), None)
+        if match is not None:
+            app.open_build(match.path, match.name)
+        else:
+            self.notify(app.tr("history_pick_build"), markup=False)
 
     def _show_details(self, index: int) -> None:
         if not self.choices:

@@ -23,7 +23,7 @@ from typing import Any
 
 from globmed_edge.errors import ConfigError, HistoryError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the settings table (the interface language and the last build, issue #15 item 10)
 DB_NAME = "chat_history.sqlite3"
 # "cut" (added after schema 1 without a schema change: status is plain TEXT, not constrained) is
 # an answer that reached the max-new-tokens limit. Message `lang` is the language detected in its
@@ -50,7 +50,13 @@ CREATE TABLE IF NOT EXISTS messages (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+#: the settings the app remembers between runs
+SETTINGS = ("ui_lang", "last_build")
 
 
 def default_db_path() -> Path:
@@ -105,7 +111,7 @@ def check_history(path: Path) -> None:
     finally:
         db.close()
     ours = {"conversations", "messages"}
-    foreign = tables - ours - {"sqlite_sequence"}
+    foreign = tables - ours - {"sqlite_sequence", "settings"}  # settings: schema 2
     if tables and (not ours <= tables or foreign):
         raise _damaged(path, f"another program's database (tables: {', '.join(sorted(tables))})")
 
@@ -301,6 +307,21 @@ class ChatStore:
                 "SELECT * FROM messages WHERE conversation_id=? ORDER BY id", (conv_id,)).fetchall()
         return [StoredMessage(r["id"], r["conversation_id"], r["role"], r["content"], r["status"],
                               r["lang"], r["created_at"], json.loads(r["meta"] or "{}")) for r in rows]
+
+
+    # ------------------------------------------------------------------ settings
+
+    def get_setting(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_setting(self, key: str, value: str) -> None:
+        if key not in SETTINGS:
+            raise ConfigError(f"unknown chat setting {key!r} (known: {', '.join(SETTINGS)})")
+        with self._tx() as db:
+            db.execute("INSERT INTO settings(key, value) VALUES(?, ?) "
+                       "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
 
 def _conv(row: sqlite3.Row) -> Conversation:
