@@ -242,6 +242,15 @@ async def test_copy_help_and_palette_commands(tmp_path):
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert {"Stop the answer", "Write the answer again", "Copy the last answer",
                 "Export (Markdown, JSON, HTML)", "Change language"} <= set(titles)
+        app.set_language("fr")  # every command in the interface language, each once, its key as help
+        commands = list(app.get_system_commands(app.screen))
+        titles = [c.title for c in commands]
+        assert len(titles) == len(set(titles)) and all(c.help != c.title for c in commands)
+        fr = Translator("fr")
+        assert set(titles) == {fr(k) for k in ("key_stop", "key_regenerate", "key_copy", "key_export", "key_new",
+                                               "key_reload", "key_pick", "key_history", "key_language",
+                                               "key_help", "key_quit")}
+        assert not {"Theme", "Quit", "Keys", "Screenshot", "Maximize"} & set(titles)
 
 
 async def test_picker_warns_when_build_is_bigger_than_free_ram(tmp_path):

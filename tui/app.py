@@ -199,13 +199,26 @@ class ChatApp(App[None]):
         if self.chat is not None:
             getattr(self.chat, f"action_{name}")()
 
+    def action_command_palette(self) -> None:
+        """Ctrl+P: Textual's palette with its search prompt in the interface language."""
+        from textual.command import CommandPalette
+
+        if self.use_command_palette and not CommandPalette.is_open(self):  # type: ignore[arg-type]
+            self.push_screen(CommandPalette(placeholder=self.tr("search_placeholder"), id="--command-palette"))
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """The command palette: this app's actions in the interface language, each once, with its
+        key as the help line (it was the title again), and none of Textual's own English commands
+        (theme, screenshot, maximize, keys) that a clinic does not need (issue #15 item 12)."""
         tr = self.tr
         if self.chat is not None:
-            for name, key in [("stop", "key_stop"), ("regenerate", "key_regenerate"),
-                              ("copy", "key_copy"), ("export", "key_export"), ("new", "key_new")]:
-                yield SystemCommand(tr(key), tr(key), lambda n=name: self._chat_action(n))  # type: ignore[misc]
-            yield SystemCommand(tr("key_history"), tr("key_history"), self.action_show_history)
-        yield SystemCommand(tr("key_language"), tr("key_language"), self.action_choose_language)
-        yield SystemCommand(tr("key_help"), tr("key_help"), self.action_show_help)
-        yield from super().get_system_commands(screen)
+            for name, key, keys in [("stop", "key_stop", "Esc"), ("regenerate", "key_regenerate", "F5"),
+                                    ("copy", "key_copy", "F6"), ("export", "key_export", "F3"),
+                                    ("new", "key_new", "F7"), ("reload", "key_reload", "F8")]:
+                yield SystemCommand(tr(key), keys, lambda n=name: self._chat_action(n))  # type: ignore[misc]
+            yield SystemCommand(tr("key_pick"), "F9", self.action_pick_build)
+        if self.store is not None:
+            yield SystemCommand(tr("key_history"), "F2", self.action_show_history)
+        yield SystemCommand(tr("key_language"), "F4", self.action_choose_language)
+        yield SystemCommand(tr("key_help"), "F1", self.action_show_help)
+        yield SystemCommand(tr("key_quit"), "Ctrl+Q", self.action_quit)
