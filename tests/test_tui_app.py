@@ -348,3 +348,12 @@ def test_cli_opens_in_the_language_chosen_last_time(tmp_path, monkeypatch):
     assert CliRunner().invoke(cli, ["chat", "--db", str(db), "--lang", "sw"]).exit_code == 0 and seen["lang"] == "sw"
     monkeypatch.setenv("GLOBMED_EDGE_LANG", "ar")
     assert CliRunner().invoke(cli, ["chat", "--db", str(db)]).exit_code == 0 and seen["lang"] == "ar"
+
+
+def test_alignment_follows_the_message_script_not_the_interface():
+    from globmed_edge.tui.widgets import MessageBox
+
+    sw, ar = Translator("sw"), Translator("ar")
+    assert MessageBox("user", "ما علاج الجفاف عند الأطفال؟", "sw", sw).has_class("rtl")
+    assert not MessageBox("user", "Mtoto ana homa, nifanye nini?", "ar", ar).has_class("rtl")
+    assert MessageBox("assistant", "", "ar", ar).has_class("rtl")  # no letters yet: the language decides

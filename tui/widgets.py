@@ -41,9 +41,20 @@ class ChatInput(TextArea):
         await super()._on_key(event)
 
 
-def _is_rtl(lang: str, text: str) -> bool:
-    from globmed_edge.languages import lookup
+#: ISO 15924 scripts written right to left (Arabic, Hebrew, Syriac, Thaana, N'Ko)
+RTL_SCRIPTS = frozenset({"Arab", "Hebr", "Syrc", "Thaa", "Nkoo"})
 
+
+def _is_rtl(lang: str, text: str) -> bool:
+    """Right-aligned when the message's own letters are mostly of a right-to-left script (an
+    Arabic question typed with the Swahili interface), else by the language: the script of the
+    text decides, not the interface (issue #15 item 11)."""
+    from globmed_edge.languages import lookup
+    from globmed_edge.tui.textlang import detect_script
+
+    script = detect_script(text)
+    if script:
+        return script in RTL_SCRIPTS
     return lookup(lang, text).is_rtl
 
 
