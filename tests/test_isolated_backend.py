@@ -76,8 +76,9 @@ class ScriptedBackend:
                 os.kill(os.getpid(), signal.SIGSEGV if prompt == "segv" else signal.SIGABRT)
             time.sleep(self.delay)
             last = i == len(words) - 1
+            end = ("length" if len(words) < len(WORDS) else "stop") if last else None  # "length": cut at the budget
             yield TokenEvent(word, i, time.perf_counter(), token_id=i,
-                             finish_reason="length" if last else None, prompt_tokens=len(prompt) if i == 0 else None)
+                             finish_reason=end, prompt_tokens=len(prompt) if i == 0 else None)
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         return [ScoreResult(-float(len(r.continuation)), len(r.continuation), True) for r in requests]
@@ -107,7 +108,9 @@ def test_calls_and_stream_cross_the_process_boundary():
         assert be.alive and be.pid != os.getpid()
         events = list(be.stream(GenerationRequest.from_text("fever", max_new_tokens=10)))
         assert "".join(e.text for e in events) == "".join(WORDS)
-        assert events[-1].finish_reason == "length" and events[0].prompt_tokens == 5
+        assert events[-1].finish_reason == "stop" and events[0].prompt_tokens == 5
+        cut = list(be.stream(GenerationRequest.from_text("fever", max_new_tokens=3)))
+        assert [e.text for e in cut] == WORDS[:3] and cut[-1].finish_reason == "length"
         assert be.tokenize("ab") == [97, 98]
         assert be.render_chat([Message("user", "hi")]) == "<user>hi<a>"
         assert be.score([ScoreRequest("Q:", " AB")]) == [ScoreResult(-3.0, 3, True)]
