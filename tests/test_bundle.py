@@ -276,3 +276,26 @@ def test_install_in_a_namespace_with_no_network_then_chat_answers(made: Path, tm
     again = subprocess.run(["unshare", "-n", "sh", str(made / "install.sh"), "--venv", str(venv)],
                            capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0 and "already installed, unchanged" in again.stderr, again.stderr[-2000:]
+
+
+@pytest.mark.skipif(not _netns_ok(), reason="needs `unshare -n` (root, or user namespaces allowed) to install with no network")
+def test_bundle_install_of_a_signed_archive_with_no_network(made: Path, tmp_path: Path) -> None:
+    """The other way in: `globmed-edge bundle install BUNDLE.tar --key` (verifies the archive's
+    members and the signature before running its install.sh)."""
+    from globmed_edge.bundle.inventory import write_archive
+    from globmed_edge.bundle.signing import sign
+
+    assert run_cli("bundle", "keygen", str(tmp_path / "ngo")).returncode == 0
+    b = clone(made, tmp_path / "signed")
+    (b / "SHA256SUMS.sig").write_bytes(sign(tmp_path / "ngo", (b / "SHA256SUMS").read_bytes()))
+    tar = tmp_path / "signed.tar"
+    write_archive(b, tar, "signed")
+    home, venv = tmp_path / "home", tmp_path / "venv"
+    env = {**os.environ, "GLOBMED_EDGE_HOME": str(home)}
+    done = subprocess.run(["unshare", "-n", sys.executable, "-m", "globmed_edge", "bundle", "install", str(tar),
+                           "--key", str(tmp_path / "ngo.pub"), "--venv", str(venv)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "signature matches" in done.stderr and (home / "builds" / BUILD / "manifest.json").is_file()
+    assert not (home / ".staging").exists()  # the unpacked archive is gone
+    assert f"{venv}/bin/globmed-edge chat {BUILD}" in done.stdout
