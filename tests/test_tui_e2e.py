@@ -22,10 +22,12 @@ N = 8
 def reference(default_model: Path) -> str:
     """The greedy answer of the same build driven directly through its backend."""
     from globmed_edge.backends.base import GenerationRequest
+    from globmed_edge.tui.session import DEFAULT_REPETITION_PENALTY
 
     be = open_backend(default_model)
     be.load()
-    req = GenerationRequest.from_text(QUESTION, system=system_prompt("en"), max_new_tokens=N)
+    req = GenerationRequest.from_text(QUESTION, system=system_prompt("en"), max_new_tokens=N,
+                                      repetition_penalty=DEFAULT_REPETITION_PENALTY)  # as the chat asks
     text = "".join(ev.text for ev in be.stream(req))
     be.close()
     assert text.strip()
@@ -55,7 +57,8 @@ async def test_app_answers_with_the_real_model(default_model, reference, tmp_pat
         chat.query_one(ChatInput).insert(QUESTION)
         await pilot.press("enter")
         for _ in range(3000):
-            done = [b for b in chat.query(MessageBox) if b.role == "assistant" and b.status == "complete"]
+            # N tokens: the answer is cut at the limit (status "cut") unless the model ends it first
+            done = [b for b in chat.query(MessageBox) if b.role == "assistant" and b.status in ("complete", "cut")]
             if done:
                 break
             await pilot.pause(0.05)
