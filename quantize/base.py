@@ -51,6 +51,7 @@ class ExportRequest:
     calibration: Calibration | None = None
     options: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[str], None] | None = None  # step descriptions for the progress bar
+    model_name: str = ""  # names the build's files where the format has one file (GGUF); default: source folder
 
 
 @dataclass(frozen=True)

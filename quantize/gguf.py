@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from collections import deque
@@ -95,6 +96,14 @@ def find_converter() -> Path:
         f"would replace gguf 0.19)")
 
 
+def gguf_file_name(model: str, quantization: str) -> str:
+    """`<model>-<QUANT>.gguf`, llama.cpp's convention (SmolLM2-135M-Instruct-Q4_K_M.gguf): a build's
+    file copied to a USB stick or into another llama.cpp front end still says what it is (every
+    build used to hold a `model.gguf`; those still open: the backend takes the folder's one .gguf)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model"
+    return f"{stem}-{quantization.upper()}.gguf"
+
+
 class GGUFExporter:
     format: ClassVar[str] = "gguf"
     quantizations: ClassVar[dict[str, QuantSpec]] = QUANTIZATIONS
@@ -125,7 +134,7 @@ class GGUFExporter:
         opts = request.options
         say = request.progress or (lambda _s: None)
         out = Path(request.out_dir)
-        final = out / "model.gguf"
+        final = out / gguf_file_name(request.model_name or src.name, q)
         timeout = float(opts.get("timeout_s", 6 * 3600))
         mid = final if q == "f16" else out / ".convert.gguf"
         matrix = None

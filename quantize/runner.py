@@ -351,7 +351,8 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
             stage("export")
             result = exporter.export(ExportRequest(
                 source=run.source, out_dir=tmp, quantization=target.quantization, calibration=cal,
-                options=run.export_options(target), progress=lambda s: bar.set_postfix_str(s[:70])))
+                options=run.export_options(target), progress=lambda s: bar.set_postfix_str(s[:70]),
+                model_name=run.model_name))
             steps["export"] = round(time.perf_counter() - t0, 2)
             bar.update()
             t_ref = time.perf_counter()

@@ -51,9 +51,10 @@ def _export(src: Path, out: Path, q: str, calibration: Calibration | None = None
     res = gg.GGUFExporter().export(ExportRequest(source=src, out_dir=out, quantization=q,
                                                  calibration=calibration, options=options,
                                                  progress=steps.append))
-    assert sorted(p.name for p in out.iterdir()) == ["model.gguf"], "one file, no leftovers"
+    name = gg.gguf_file_name(src.name, q)  # <model>-<QUANT>.gguf, llama.cpp's naming
+    assert sorted(p.name for p in out.iterdir()) == [name], "one file, no leftovers"
     assert steps, "progress was reported"
-    return out / "model.gguf", res
+    return out / name, res
 
 
 def _hf_logprobs(src: Path) -> list[tuple[list[int], np.ndarray]]:
@@ -383,3 +384,9 @@ def test_qwen2_and_gemma3_convert(kind, arch, tiny_model, tmp_path):
     assert _meta(path, "tokenizer.chat_template") == tok.chat_template
     kl, top1 = _drift(path, _hf_logprobs(src))
     assert kl < 1e-3 and top1 > 0.95, (kl, top1)
+
+
+def test_gguf_file_names_follow_llama_cpp() -> None:
+    assert gg.gguf_file_name("smollm2-135m-instruct", "q4_k_m") == "smollm2-135m-instruct-Q4_K_M.gguf"
+    assert gg.gguf_file_name("runs/my model", "f16") == "runs-my-model-F16.gguf"  # no path, no space
+    assert gg.gguf_file_name("..", "q8_0") == "model-Q8_0.gguf"

@@ -66,7 +66,7 @@ def one(src: str, quant: str, out: str) -> None:
               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print(json.dumps({"wall_s": round(wall, 1), "peak_rss_mb": round(kib / 1024, 1),
                       "bpw": res.bits_per_weight,
-                      "size_mb": round((Path(out) / "model.gguf").stat().st_size / 2**20, 1)}))
+                      "size_mb": round(next(Path(out).glob("*.gguf")).stat().st_size / 2**20, 1)}))
 
 
 def fp16_mb(src: Path) -> float:
