@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from globmed_edge.errors import ConfigError, DependencyError, GlobmedError, ModelError
+from globmed_edge.gguf_info import read_gguf
 from globmed_edge.quantize.base import ExportRequest, ExportResult, ParityThresholds, QuantSpec
 from globmed_edge.quantize.source import check_source
 
@@ -159,7 +160,7 @@ class GGUFExporter:
             for tmp in (out / ".convert.gguf", out / ".imatrix.npz"):
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
-        info = read_gguf(final)
+        info = read_gguf(final)  # globmed_edge.gguf_info: one reader for quantize and models prepare
         extra: dict[str, Any] = {"architecture": info["architecture"], "hf_architecture": arch,
                                  "file_type": info["file_type"], "converter": CONVERTER_PIN,
                                  "chat_template": info["has_chat_template"],
@@ -275,31 +276,6 @@ def _quantize_main() -> None:
     rc = llama_cpp.llama_model_quantize(inp.encode(), out.encode(), ctypes.byref(params))
     del keep
     sys.exit(0 if rc == 0 else 1)
-
-
-def read_gguf(path: Path) -> dict[str, Any]:
-    """Facts of a written GGUF: architecture, file type, bits per weight, stop tokens."""
-    import gguf
-
-    r = gguf.GGUFReader(str(path))
-
-    def get(key: str) -> Any:
-        f = r.fields.get(key)
-        return f.contents() if f is not None else None
-
-    tokens = get("tokenizer.ggml.tokens") or []
-    stop_ids = [get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
-    stops = list(dict.fromkeys(tokens[i] for i in stop_ids if isinstance(i, int) and 0 <= i < len(tokens)))
-    n_bytes = sum(int(t.n_bytes) for t in r.tensors)
-    n_elems = sum(int(t.n_elements) for t in r.tensors)
-    ftype = get("general.file_type")
-    names = {int(v): k for k, v in vars(gguf.LlamaFileType).items() if k.startswith("MOSTLY_")
-             or k == "ALL_F32"} if hasattr(gguf, "LlamaFileType") else {}
-    return {"architecture": get("general.architecture"),
-            "file_type": names.get(int(ftype), str(ftype)) if ftype is not None else None,
-            "bits_per_weight": round(n_bytes * 8 / n_elems, 3) if n_elems else None,
-            "stop_tokens": stops, "has_chat_template": bool(get("tokenizer.chat_template")),
-            "pre_tokenizer": get("tokenizer.ggml.pre")}
 
 
 def tool_versions() -> dict[str, str]:
