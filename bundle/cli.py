@@ -82,8 +82,13 @@ def create(out: Path, builds: tuple[str, ...], results: tuple[Path, ...], ram: t
         raise ConfigError("--ram and --langs choose builds from bench records: add --from-results FILE")
     selection = from_results(results, _tiers(ram), _csv(langs)) if results else by_name(builds)
     target = wheelhouse.make_target(python, platform_tag, glibc)
-    m = do_create(out, selection, target=target, sign_key=sign_key, archive=archive, find_links=find_links,
-                  no_index=no_index, log=_log)
+    try:
+        m = do_create(out, selection, target=target, sign_key=sign_key, archive=archive, find_links=find_links,
+                      no_index=no_index, log=_log)
+    except KeyboardInterrupt:
+        from globmed_edge.errors import Interrupted
+
+        raise Interrupted(f"interrupted; nothing was left at {out} (the partial bundle was removed)") from None
     final = out.with_name(out.name if out.name.endswith(".tar") else out.name + ".tar") if archive else out
     sizes = m["sizes"]
     click.echo(f"bundle {final}: {len(m['builds'])} build(s), {len(m['wheels'])} wheels, "
@@ -130,10 +135,15 @@ def install(path: Path, key: Path | None, venv: Path | None, no_packages: bool, 
     (pip --no-index), copy and re-verify its builds, run `doctor`, print the chat command."""
     from globmed_edge.bundle.install import default_venv, install_builds, install_packages
 
-    if no_packages:
-        install_builds(path, key=key, venv=venv, canary=not no_canary, log=_log)
-    else:
-        install_packages(path, venv=(venv or default_venv()).absolute(), key=key, log=_log)
+    try:
+        if no_packages:
+            install_builds(path, key=key, venv=venv, canary=not no_canary, log=_log)
+        else:
+            install_packages(path, venv=(venv or default_venv()).absolute(), key=key, log=_log)
+    except KeyboardInterrupt:
+        from globmed_edge.errors import Interrupted
+
+        raise Interrupted("interrupted; no build was half-installed: run the same command again to finish") from None
 
 
 @bundle.command()
