@@ -322,7 +322,9 @@ def register_packaged_build(spec: ModelSpec, gguf: Path) -> Path:
 
     path = packaged_build_path(spec)
     assert path is not None and spec.packaged_build is not None
-    info = _gguf_facts(gguf)
+    from globmed_edge.gguf_info import read_gguf
+
+    info = read_gguf(gguf)
     with atomic_dir(path) as tmp:
         tmp.chmod(0o755)
         dest = tmp / "model.gguf"
@@ -349,34 +351,6 @@ def register_packaged_build(spec: ModelSpec, gguf: Path) -> Path:
         )
         write_manifest(tmp, manifest)
     return path
-
-
-def _gguf_facts(path: Path) -> dict[str, Any]:
-    """Name, architecture, file type, bits per weight (stored tensor bytes x 8 / elements), stop tokens."""
-    import hashlib
-
-    from globmed_edge.deps import require
-
-    gguf = require("gguf", "torch")
-    r = gguf.GGUFReader(str(path))
-
-    def get(key: str) -> Any:
-        f = r.fields.get(key)
-        return f.contents() if f is not None else None
-
-    tokens = get("tokenizer.ggml.tokens") or []
-    stop_ids = [get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
-    stops = list(dict.fromkeys(tokens[i] for i in stop_ids if isinstance(i, int) and 0 <= i < len(tokens)))
-    n_bytes = sum(int(t.n_bytes) for t in r.tensors)
-    n_elems = sum(int(t.n_elements) for t in r.tensors)
-    template = get("tokenizer.chat_template")
-    ftype = get("general.file_type")
-    names = {int(v): k for k, v in vars(gguf.LlamaFileType).items() if k.startswith("MOSTLY_")}
-    return {"general_name": get("general.name"), "architecture": get("general.architecture"),
-            "file_type": names.get(int(ftype), str(ftype)) if ftype is not None else None,
-            "bits_per_weight": round(n_bytes * 8 / n_elems, 3) if n_elems else None,
-            "stop_tokens": stops, "gguf_version": _installed_version("gguf") or "?",
-            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None}
 
 
 def _installed_version(package: str) -> str | None:
