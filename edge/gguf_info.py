@@ -8,10 +8,19 @@ a build (edge/models.py). gguf-py comes with the [torch] and [gguf] extras.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
 from globmed_edge.deps import require
+
+
+def gguf_file_name(model: str, quantization: str) -> str:
+    """`<model>-<QUANT>.gguf`, llama.cpp's convention (SmolLM2-135M-Instruct-Q4_K_M.gguf): a build's
+    file copied to a USB stick or into another llama.cpp front end still says what it is (builds
+    made before 2026-12-03 hold `model.gguf`; they still open: a backend takes a folder's one .gguf)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model"
+    return f"{stem}-{quantization.upper()}.gguf"
 
 
 def read_gguf(path: Path) -> dict[str, Any]:

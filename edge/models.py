@@ -322,12 +322,13 @@ def register_packaged_build(spec: ModelSpec, gguf: Path) -> Path:
 
     path = packaged_build_path(spec)
     assert path is not None and spec.packaged_build is not None
-    from globmed_edge.gguf_info import read_gguf
+    from globmed_edge.gguf_info import gguf_file_name, read_gguf
 
     info = read_gguf(gguf)
+    name = gguf_file_name(spec.name, spec.packaged_quantization or "packaged")
     with atomic_dir(path) as tmp:
         tmp.chmod(0o755)
-        dest = tmp / "model.gguf"
+        dest = tmp / name
         try:
             os.link(gguf, dest)
         except OSError:
@@ -335,7 +336,7 @@ def register_packaged_build(spec: ModelSpec, gguf: Path) -> Path:
         if spec.notice:
             (tmp / "NOTICE").write_text(spec.notice, encoding="utf-8")
         files = hash_build_files(tmp)
-        source_sha = next(f.sha256 for f in files if f.path == "model.gguf")
+        source_sha = next(f.sha256 for f in files if f.path == name)
         manifest = Manifest(
             name=spec.packaged_build, format="gguf", quantization=spec.packaged_quantization or "unknown",
             bits_per_weight=info["bits_per_weight"], files=files,

