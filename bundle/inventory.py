@@ -11,21 +11,20 @@ A bundle is a folder (or one .tar of that folder):
 
 The signature covers SHA256SUMS, and SHA256SUMS covers every byte of every other file, so one
 signature check plus the checksums authenticate the whole bundle, with nothing but `openssl` and
-`sha256sum` on a laptop that has no globmed-edge yet (install.sh does exactly that). This module
-uses only the standard library for that reason.
+`sha256sum` on a laptop that has no globmed-edge yet (install.sh does exactly that, in sh).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from globmed_edge.atomic import sha256_file
 from globmed_edge.errors import BundleError
+from globmed_edge.manifest import scan_build
 
 SUMS = "SHA256SUMS"
 SIGNATURE = "SHA256SUMS.sig"
@@ -50,30 +49,16 @@ def check_path(rel: str, where: str) -> None:
         raise BundleError(f"{where}: {rel!r} has a character a bundle never uses (letters, digits and ._+@=,- only)")
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def walk(root: Path) -> Iterator[tuple[str, int]]:
     """(relative path, size) of every regular file under `root`, never following a link; a link, a
     device, a FIFO or a socket anywhere in the bundle is refused (create never makes one)."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in sorted(dirnames + filenames):
-            full = Path(dirpath) / name
-            rel = full.relative_to(root).as_posix()
-            st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                raise BundleError(f"{full}: a symbolic link inside the bundle (to {os.readlink(full)!r}); refused")
-            if stat.S_ISDIR(st.st_mode):
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                raise BundleError(f"{full}: not a regular file (a device, FIFO or socket); refused")
-            yield rel, st.st_size
-        dirnames.sort()
+    for rel, kind, size in scan_build(root, skip_manifest=False):
+        full = root / rel
+        if kind == "link":
+            raise BundleError(f"{full}: a symbolic link inside the bundle (to {os.readlink(full)!r}); refused")
+        if kind != "file":
+            raise BundleError(f"{full}: not a regular file (a device, FIFO or socket); refused")
+        yield rel, size
 
 
 def write_sums(root: Path, progress: Callable[[str], None] | None = None) -> dict[str, str]:
@@ -85,7 +70,7 @@ def write_sums(root: Path, progress: Callable[[str], None] | None = None) -> dic
         check_path(rel, str(root / rel))
         if progress:
             progress(rel)
-        sums[rel] = sha256_of(root / rel)
+        sums[rel] = sha256_file(root / rel, follow_symlinks=False)
     (root / SUMS).write_text("".join(f"{h}  {rel}\n" for rel, h in sums.items()), encoding="ascii")
     return sums
 
@@ -135,7 +120,7 @@ def check_files(root: Path, sums: dict[str, str], sizes: dict[str, int],
     for rel, digest in sums.items():
         if progress:
             progress(rel, on_disk[rel])
-        if sha256_of(root / rel) != digest:
+        if sha256_file(root / rel, follow_symlinks=False) != digest:
             raise BundleError(f"{root / rel}: sha256 differs from {SUMS}; the file was altered or damaged")
         total += on_disk[rel]
     return total

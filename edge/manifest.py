@@ -158,11 +158,12 @@ def check_relative_path(path: str, where: str = MANIFEST) -> None:
                             "file paths must be relative and stay inside the build")
 
 
-def scan_build(build_dir: Path) -> Iterator[tuple[str, str, int]]:
+def scan_build(build_dir: Path, *, skip_manifest: bool = True) -> Iterator[tuple[str, str, int]]:
     """(relative path, kind, size) of everything in a build, never following a link.
 
     kind is "file", "link" or "special" (FIFO, socket, device); folders are walked, not listed.
-    The top-level manifest.json is left out."""
+    The top-level manifest.json is left out unless `skip_manifest` is False (a bundle, whose
+    inventory must list every file, walks its tree with this too)."""
     stack = [(str(build_dir), "")]
     while stack:
         folder, prefix = stack.pop()
@@ -170,7 +171,7 @@ def scan_build(build_dir: Path) -> Iterator[tuple[str, str, int]]:
             entries = sorted(it, key=lambda e: e.name)
         for e in entries:
             rel = prefix + e.name
-            if rel == MANIFEST:
+            if skip_manifest and rel == MANIFEST:
                 continue
             st = e.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
