@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from globmed_edge.bench.scorer import DEFAULT_BATCH_ITEMS
+from globmed_edge.cli.common import split_csv
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,8 +21,6 @@ def bench() -> None:
     """
 
 
-def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(v.strip() for raw in values for v in raw.split(",") if v.strip())
 
 
 class Threads(click.ParamType):
@@ -96,8 +95,8 @@ def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str,
 
         for v in permit_unverified([*resolved, *([ref] if ref else [])]):
             click.echo(f"warning: {v.warning()}", err=True)
-    task = TaskSpec(sources=tuple(sources) or default_sources(), langs=_split_csv(langs),
-                    datasets=_split_csv(datasets), split=split, limit=limit, shots=shots, mode=mode, seed=seed)
+    task = TaskSpec(sources=tuple(sources) or default_sources(), langs=split_csv(langs),
+                    datasets=split_csv(datasets), split=split, limit=limit, shots=shots, mode=mode, seed=seed)
     cfg = RunConfig(builds=resolved, task=task, out=str(out), device=device, threads=threads, reference=ref,
                     throughput=throughput, repeats=repeats, new_tokens=new_tokens, batch_items=batch_items,
                     long_context=long_context, progress=progress_enabled(), force=force)
@@ -160,7 +159,7 @@ def recommend_cmd(more: tuple[Path, ...], results: tuple[Path, ...], ram_gb: flo
     files = [*results, *more]
     if not files:
         raise ConfigError("no results file: pass --results FILE (from bench run)")
-    rec = recommend(merge(files), ram_gb=ram_gb, langs=_split_csv(langs) or None, margin=margin,
+    rec = recommend(merge(files), ram_gb=ram_gb, langs=split_csv(langs) or None, margin=margin,
                     headroom_gb=headroom_gb, reference=reference, task=task)
     if as_json:
         click.echo(json.dumps(rec.to_json(), ensure_ascii=False, indent=2, allow_nan=False))

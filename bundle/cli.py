@@ -7,20 +7,20 @@ from pathlib import Path
 
 import click
 
+from globmed_edge.cli.common import human_size, split_csv
+
 
 def _log(line: str) -> None:
     click.echo(line, err=True)  # stage lines on stderr, also when it is not a terminal
 
 
-def _csv(values: tuple[str, ...]) -> list[str]:
-    return [v.strip() for raw in values for v in raw.split(",") if v.strip()]
 
 
 def _tiers(values: tuple[str, ...]) -> list[float]:
     from globmed_edge.errors import ConfigError
 
     out = []
-    for v in _csv(values):
+    for v in split_csv(values):
         try:
             out.append(float(v))
         except ValueError:
@@ -30,8 +30,6 @@ def _tiers(values: tuple[str, ...]) -> list[float]:
     return out
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,7 +78,7 @@ def create(out: Path, builds: tuple[str, ...], results: tuple[Path, ...], ram: t
         raise ConfigError("give builds either by name (--build) or from bench results (--from-results), not both")
     if (ram or langs) and not results:
         raise ConfigError("--ram and --langs choose builds from bench records: add --from-results FILE")
-    selection = from_results(results, _tiers(ram), _csv(langs)) if results else by_name(builds)
+    selection = from_results(results, _tiers(ram), split_csv(langs)) if results else by_name(builds)
     target = wheelhouse.make_target(python, platform_tag, glibc)
     try:
         m = do_create(out, selection, target=target, sign_key=sign_key, archive=archive, find_links=find_links,
@@ -92,10 +90,10 @@ def create(out: Path, builds: tuple[str, ...], results: tuple[Path, ...], ram: t
     final = out.with_name(out.name if out.name.endswith(".tar") else out.name + ".tar") if archive else out
     sizes = m["sizes"]
     click.echo(f"bundle {final}: {len(m['builds'])} build(s), {len(m['wheels'])} wheels, "
-               f"{_mib(sizes['total_bytes'])} in all (builds {_mib(sizes['builds_bytes'])}, "
-               f"wheels {_mib(sizes['wheels_bytes'])}, other {_mib(sizes['other_bytes'])}), {m['seconds']:.0f} s")
+               f"{human_size(sizes['total_bytes'])} in all (builds {human_size(sizes['builds_bytes'])}, "
+               f"wheels {human_size(sizes['wheels_bytes'])}, other {human_size(sizes['other_bytes'])}), {m['seconds']:.0f} s")
     for b in m["builds"]:
-        click.echo(f"  {b['name']}: {b['format']} {b['quantization']}, {_mib(b['size_bytes'])}")
+        click.echo(f"  {b['name']}: {b['format']} {b['quantization']}, {human_size(b['size_bytes'])}")
     for t in m["selection"]["tiers"]:
         click.echo(f"  {t['ram_gb']:g} GiB, {', '.join(t['langs'])}: {t['choice']}")
     click.echo(f"  for Python {m['target']['python']} {m['target']['platform']}, glibc >= {m['target']['glibc_min']}"
@@ -112,13 +110,13 @@ def verify(path: Path, key: Path | None) -> None:
 
     def progress(rel: str, size: int) -> None:
         if size >= 16 * 2**20:
-            _log(f"  checking {rel} ({_mib(size)})")
+            _log(f"  checking {rel} ({human_size(size)})")
 
     v = verify_bundle(path, key=key, progress=progress)
     sig = (f"signature matches key {v.key_fingerprint}" if v.key_fingerprint
            else "signed, signature NOT checked (give --key)" if v.signed else "not signed")
     names = ", ".join(b["name"] for b in v.manifest["builds"])
-    click.echo(f"{path}: ok, {v.files} files, {_mib(v.bytes)}, {sig}; builds: {names}")
+    click.echo(f"{path}: ok, {v.files} files, {human_size(v.bytes)}, {sig}; builds: {names}")
 
 
 @bundle.command()

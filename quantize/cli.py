@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from globmed_edge.cli.common import human_size
+
 EXIT_OK, EXIT_FAILED, EXIT_NOTHING_AVAILABLE = 0, 1, 3
 
 
@@ -43,15 +45,6 @@ class QuantizeCommand(click.Command):
         super().format_epilog(ctx, formatter)
 
 
-def _human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
 
 
 def _verdict(o: Any) -> str:
@@ -71,7 +64,7 @@ def render_table(outcomes: list[Any]) -> str:
     for o in outcomes:
         p = o.parity or {}
         greedy = f"{p['greedy_match_tokens']}/{p['greedy_tokens']}" if p else "-"
-        rows.append([o.build, _human(o.size_bytes),
+        rows.append([o.build, human_size(o.size_bytes),
                      f"{o.bits_per_weight:.2f}" if o.bits_per_weight is not None else "-",
                      "-" if not p else "yes" if p["tokens_identical"] else "NO",
                      f"{p['top1_agreement']:.3f}" if p else "-", f"{p['mean_kl']:.3g}" if p else "-",

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from globmed_edge.cli.common import human_size
 from globmed_edge.manifest import Manifest
 
 
@@ -26,12 +27,6 @@ def _flag(value: Any, yes: str, no: str, unknown: str = "-") -> str:
     return yes if value is True else no if value is False else unknown
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)  # pragma: no cover
 
 
 def _sha(value: Any) -> str:
@@ -105,10 +100,10 @@ def build_summary(path: Path, manifest: Manifest) -> str:
     bits = _num(m.bits_per_weight, ".2f")
     made = m.created_at + (f", in {m.wall_seconds:.0f} s" if isinstance(m.wall_seconds, (int, float)) else "")
     if isinstance(m.peak_rss_bytes, int):
-        made += f", peak memory {_human(m.peak_rss_bytes)}"
+        made += f", peak memory {human_size(m.peak_rss_bytes)}"
     rows = [("path", str(path)), ("format", m.format),
             ("quantization", m.quantization + (f", {bits} bits/weight" if bits != "-" else "")),
-            ("size", f"{_human(m.size_bytes)} in {n} file{'s' if n != 1 else ''}"),
+            ("size", f"{human_size(m.size_bytes)} in {n} file{'s' if n != 1 else ''}"),
             ("source", _source(m.source)), ("calibration", _calibration(m.calibration)),
             ("parity", _parity(m)), ("created", made),
             ("tools", ", ".join(f"{k} {v}" for k, v in m.tools.items()) or "-")]

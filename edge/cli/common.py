@@ -25,6 +25,23 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Seque
     return "\n".join(lines)
 
 
+def human_size(n: float | None) -> str:
+    """Bytes for people: "512 B", "100.6 MiB", "2.08 GiB"; "-" when unknown."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)  # pragma: no cover
+
+
+def split_csv(values: Sequence[str]) -> tuple[str, ...]:
+    """Repeatable comma-separated options (--langs en,sw --langs am) as one tuple, blanks dropped."""
+    return tuple(v.strip() for raw in values for v in raw.split(",") if v.strip())
+
+
 def progress_enabled() -> bool:
     return sys.stderr.isatty()
 

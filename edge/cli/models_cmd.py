@@ -8,16 +8,8 @@ from typing import Any
 
 import click
 
-from globmed_edge.cli.common import progress_enabled, table
+from globmed_edge.cli.common import human_size, progress_enabled, table
 from globmed_edge.textsafe import clean_line, clean_text
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _usable_cpus() -> int:
@@ -88,7 +80,7 @@ def list_(build_roots: tuple[Path, ...], as_json: bool) -> None:
     click.echo()
     if build_rows:
         click.echo(table(["build", "format", "quant", "size", "bits/w", "parity", "grade", "status"],
-                         [[r["name"] or r["path"], r["format"], r["quantization"], _human(r["size"]),
+                         [[r["name"] or r["path"], r["format"], r["quantization"], human_size(r["size"]),
                            _bits(r["bits_per_weight"]), _passed(r["parity"]), r["grade"], r["status"]]
                           for r in build_rows], right=(3, 4)))
     else:
@@ -219,7 +211,7 @@ def verify(build: str) -> None:
     if problems:
         click.echo(f"{path}: {len(problems)} problem(s); do not use this build", err=True)
         raise SystemExit(1)
-    click.echo(f"{path}: ok ({len(manifest.files)} files, {_human(manifest.size_bytes)}, "
+    click.echo(f"{path}: ok ({len(manifest.files)} files, {human_size(manifest.size_bytes)}, "
                f"{manifest.format} {manifest.quantization})")
 
 
