@@ -38,13 +38,6 @@ def default_venv() -> Path:
     return Path(os.environ.get("GLOBMED_EDGE_VENV") or Path.home() / "globmed-edge").expanduser()
 
 
-def _free_bytes(path: Path) -> int:
-    p = path
-    while not p.exists():
-        p = p.parent
-    return shutil.disk_usage(p).free
-
-
 def install_packages(bundle: Path, *, venv: Path, key: Path | None, log: Callable[[str], None]) -> None:
     """Verify here, then run the bundle's own install.sh (which ends by installing the builds)."""
     from globmed_edge.paths import data_home
@@ -73,7 +66,7 @@ def _installed_same(dest: Path, entry: dict[str, Any]) -> bool:
 def install_builds(bundle: Path, *, key: Path | None, venv: Path | None, canary: bool = True,
                    log: Callable[[str], None]) -> list[Path]:
     from globmed_edge.manifest import require_valid_build
-    from globmed_edge.paths import builds_dir, data_home
+    from globmed_edge.paths import builds_dir, data_home, free_bytes
 
     with opened(bundle, scratch=data_home() / ".staging") as folder:
         verified = verify_folder(folder, key=key)
@@ -82,7 +75,7 @@ def install_builds(bundle: Path, *, key: Path | None, venv: Path | None, canary:
         entries = verified.manifest["builds"]
         todo = [e for e in entries if not _installed_same(builds_dir() / e["name"], e)]
         need = sum(int(e.get("size_bytes", 0)) for e in todo) + MARGIN
-        free = _free_bytes(builds_dir())
+        free = free_bytes(builds_dir())
         if free < need:
             raise BundleError(f"{builds_dir()}: {free / 2**20:.0f} MiB free, the builds need {need / 2**20:.0f} MiB")
         installed = []

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,17 +167,16 @@ def diagnose(*, builds: list[Path] | None = None, run_canary: bool = True) -> Re
     """The whole check (takes seconds per build: each canary loads its model in a child)."""
     import psutil
 
-    from globmed_edge.paths import data_home
+    from globmed_edge.paths import data_home, free_bytes
 
     home = data_home()
-    probe = home if home.exists() else next((p for p in home.parents if p.exists()), Path("/"))
-    disk = shutil.disk_usage(probe)
+    free = free_bytes(home)
     mem = psutil.virtual_memory()
     report = Report(cpu=cpu_section(), memory={"total_bytes": mem.total, "available_bytes": mem.available},
-                    disk={"path": str(home), "free_bytes": disk.free}, python=platform.python_version(),
+                    disk={"path": str(home), "free_bytes": free}, python=platform.python_version(),
                     runtimes={})
-    if disk.free < LOW_DISK_BYTES:
-        report.warnings.append(f"only {disk.free / 1024**3:.1f} GiB free under {home}")
+    if free < LOW_DISK_BYTES:
+        report.warnings.append(f"only {free / 1024**3:.1f} GiB free under {home}")
     report.runtimes = runtime_section(report)
     report.builds = build_section(report, builds, run_canary)
     return report

@@ -42,6 +42,14 @@ def builds_dir() -> Path:
     return data_home() / "builds"
 
 
+def free_bytes(path: Path) -> int:
+    """Free disk space where `path` is or would be created (its nearest existing folder)."""
+    import shutil
+
+    probe = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    return shutil.disk_usage(probe).free
+
+
 def results_index() -> Path:
     """The list of results files `bench run` wrote, wherever they are (one absolute path a line),
     so the chat picker finds measured speed and memory without being told where to look."""
