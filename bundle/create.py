@@ -20,6 +20,7 @@ from typing import Any
 
 from globmed_edge import __version__
 from globmed_edge.atomic import atomic_dir, sha256_file
+from globmed_edge.buildref import resolve_build
 from globmed_edge.bundle import wheelhouse
 from globmed_edge.bundle.inventory import (
     BUILDS,
@@ -52,15 +53,8 @@ class Selection:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _resolve(arg: str | Path) -> Path:
-    """A build argument: an existing path, or the name of a build in the data home (did-you-mean)."""
-    from globmed_edge.buildref import resolve_build
-
-    return resolve_build(arg)
-
-
 def by_name(args: Sequence[str | Path]) -> Selection:
-    return Selection([_resolve(a) for a in args])
+    return Selection([resolve_build(a) for a in args])
 
 
 def from_results(files: Sequence[Path], tiers: Sequence[float], langs: Sequence[str]) -> Selection:
@@ -81,7 +75,7 @@ def from_results(files: Sequence[Path], tiers: Sequence[float], langs: Sequence[
             raise BundleError(f"{ram:g} GiB: the recommendation is the reference {rec.choice}, which is not a build")
         rows.append({"ram_gb": ram, "langs": list(rec.langs), "choice": rec.choice, "summary": rec.summary})
         path = Path(rec.choice_path) if rec.choice_path else None
-        chosen.setdefault(rec.choice, path if path is not None and path.exists() else _resolve(rec.choice))
+        chosen.setdefault(rec.choice, path if path is not None and path.exists() else resolve_build(rec.choice))
     picked = [r for r in records if getattr(r, "build", None) is not None and r.build.name in chosen]  # type: ignore[union-attr]
     return Selection(list(chosen.values()), "results", rows, list(langs),
                      [{"file": Path(f).name, "sha256": sha256_file(Path(f))} for f in files],
@@ -206,7 +200,7 @@ def create(out: Path, selection: Selection, *, target: wheelhouse.Target, sign_k
         other = sum(manifest["files"].values()) - wheel_bytes - build_bytes
         manifest["sizes"].update(other_bytes=other)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        manifest["sizes"]["total_bytes"] = sum(s for _, s in walk(tmp))
+        manifest["sizes"]["total_bytes"] = sum(manifest["files"].values()) + (tmp / MANIFEST).stat().st_size
         log(f"[4/{steps}] {SUMS} over {len(manifest['files']) + 1} files")
         write_sums(tmp)
         step = 5
