@@ -6,6 +6,7 @@ fake one; the model loads in a worker thread, so the first screen paints at once
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -149,12 +150,10 @@ class ChatApp(App[None]):
     def _remember(self, key: str, value: str) -> None:
         """A setting for the next start (history file); a read-only history only loses the memory."""
         if self.store is not None:
-            from globmed_edge.errors import GlobmedError
+            import sqlite3
 
-            try:
+            with contextlib.suppress(OSError, sqlite3.Error):
                 self.store.set_setting(key, value)
-            except (GlobmedError, OSError, __import__("sqlite3").Error):
-                pass
 
     def set_language(self, lang: str) -> None:
         self.lang = normalize(lang)

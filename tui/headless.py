@@ -15,7 +15,7 @@ from globmed_edge.errors import Interrupted
 from globmed_edge.tui.i18n import Translator
 from globmed_edge.tui.loader import BackendFactory, build_label, load_backend
 from globmed_edge.tui.safety import emergency_reminder
-from globmed_edge.tui.session import ChatSession, StreamStats
+from globmed_edge.tui.session import DEFAULT_REPETITION_PENALTY, ChatSession, StreamStats
 
 #: How long Ctrl+C waits for the answer to stop between tokens before the process exits anyway.
 STOP_WAIT_S = 30.0
@@ -45,9 +45,10 @@ def run_prompt(build: Path, prompt: str, *, lang: str = "en", max_new_tokens: in
     if reminder:
         err.write(f"⚠ {reminder}\n")
     backend = load_backend(build, backend_factory)
-    guard = {} if repetition_penalty is None else {"repetition_penalty": repetition_penalty}
-    session = ChatSession(backend, lang=lang, build=build_label(build),
-                          max_new_tokens=max_new_tokens, temperature=temperature, **guard)
+    session = ChatSession(backend, lang=lang, build=build_label(build), max_new_tokens=max_new_tokens,
+                          temperature=temperature,
+                          repetition_penalty=DEFAULT_REPETITION_PENALTY if repetition_penalty is None
+                          else repetition_penalty)
     session.add_question(prompt)
     result: list[StreamStats] = []
     failure: list[BaseException] = []

@@ -77,8 +77,8 @@ class PickerScreen(Screen[None]):
             name = _clip_middle(f"{mark}{c.name}", 26)
             memory = ("" if c.memory_measured else "≈") + human_bytes(c.expected_memory)
             table.add_row(name, human_bytes(c.size_bytes), memory, speed, _clip(c.languages, 16), key=str(i))
-        start = self._last_build()
-        start = self.recommended or 0 if start is None else start
+        last = self._last_build()
+        start = last if last is not None else (self.recommended or 0)  # last time's build, else the ★ one
         if start:
             table.move_cursor(row=start)
         self._show_details(start)
