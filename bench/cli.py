@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from globmed_edge.bench.scorer import DEFAULT_BATCH_ITEMS
+from globmed_edge.mcq.scorer import DEFAULT_BATCH_ITEMS
 from globmed_edge.cli.common import split_csv
 
 

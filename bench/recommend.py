@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from globmed_edge.bench.records import AccuracyRecord, DriftRecord, Record, ThroughputRecord
-from globmed_edge.bench.scorer import softmax
+from globmed_edge.mcq.scorer import softmax
 from globmed_edge.bench.stats import items_to_resolve, kl_divergence, paired_diff_ci, wilson
 from globmed_edge.errors import DataError
 from globmed_edge.languages import lookup

@@ -27,11 +27,11 @@ from globmed_edge.bench.records import (
     ResultsFile,
     ThroughputRecord,
 )
-from globmed_edge.bench.scorer import DEFAULT_BATCH_ITEMS
 from globmed_edge.bench.stats import wilson
-from globmed_edge.bench.tasks import MODES, TASKS, TaskData, TaskSpec, items_hash, load_task
+from globmed_edge.bench.tasks import MODES, TASKS, LangOutcome, TaskData, TaskSpec, items_hash, load_task
 from globmed_edge.data.schema import MCQItem
 from globmed_edge.errors import BackendError, ConfigError, ModelError
+from globmed_edge.mcq.scorer import DEFAULT_BATCH_ITEMS
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".onnx", ".bin", ".data", ".onnx_data")
 
@@ -53,14 +53,6 @@ class RunConfig:
     isolate: bool = True  # native runtimes in a child process: a crash fails one build, not the run
     progress: bool = False
     force: bool = False  # measure again: this run's earlier records are set aside first (ResultsFile.set_aside)
-
-
-@dataclass(frozen=True)
-class LangOutcome:
-    pred: tuple[str, ...]
-    pred_text: tuple[str, ...]
-    letter_logprobs: tuple[tuple[float, ...], ...]
-    failures: int | None = None
 
 
 def now() -> str:
@@ -89,18 +81,6 @@ def build_info(path: str | Path) -> BuildInfo:
     if (p / "training_card.json").is_file() and p.parent.name:
         name = f"{p.parent.name}-{p.name}"  # runs/gemma-lora/merged -> gemma-lora-merged
     return BuildInfo(name, str(p), fmt, quant, sum(f.stat().st_size for f in files))
-
-
-def run_loglik(backend: Any, items: Sequence[MCQItem], shots: Sequence[MCQItem], *,
-               batch_items: int = DEFAULT_BATCH_ITEMS, max_new_tokens: int = 0, progress: bool = False) -> LangOutcome:
-    """The `mcq-loglik` task: letter and length-normalised text rules from one scoring pass."""
-    from globmed_edge.bench.scorer import score_mcq
-
-    scores = score_mcq(backend, items, shots={items[0].lang: shots} if items else None,
-                       batch_items=batch_items, progress=progress)
-    return LangOutcome(
-        pred=tuple(s.pred_letter for s in scores), pred_text=tuple(s.pred_text for s in scores),
-        letter_logprobs=tuple(tuple(round(x, 5) for x in s.letter_logprobs) for s in scores))
 
 
 def make_record(info: BuildInfo, cfg: RunConfig, data: TaskData, lang: str, out: LangOutcome,

@@ -7,7 +7,8 @@ sample: the same N items every run and on every machine, independent of file ord
 prompts take k solved items of the same language from the train/dev splits of the same sources
 (preferring the same dataset), never from the scored split, and never the scored items.
 
-Tasks are found through one registry (`TASKS`): `mcq-loglik` and `mcq-generate`.
+Tasks are found through one registry (`TASKS`): `mcq-loglik` (`run_loglik`, here) and
+`mcq-generate` (`bench.generate.run_generate`); each returns a `LangOutcome`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from globmed_edge.backends.base import Backend
 from globmed_edge.data.schema import MCQItem
 from globmed_edge.errors import ConfigError, DataError
+from globmed_edge.mcq.scorer import DEFAULT_BATCH_ITEMS, score_mcq
 from globmed_edge.registry import LazyRegistry
 
 TASKS = LazyRegistry("task", {
-    "mcq-loglik": "globmed_edge.bench.runner:run_loglik",
+    "mcq-loglik": "globmed_edge.bench.tasks:run_loglik",
     "mcq-generate": "globmed_edge.bench.generate:run_generate",
 })
 MODES = {"loglik": "mcq-loglik", "generate": "mcq-generate"}
@@ -56,6 +59,26 @@ class TaskData:
     @property
     def datasets(self) -> tuple[str, ...]:
         return tuple(sorted({i.dataset for its in self.items.values() for i in its}))
+
+
+@dataclass(frozen=True)
+class LangOutcome:
+    """What a task's run function returns for one language's items, in item order."""
+
+    pred: tuple[str, ...]
+    pred_text: tuple[str, ...]
+    letter_logprobs: tuple[tuple[float, ...], ...]
+    failures: int | None = None
+
+
+def run_loglik(backend: Backend, items: Sequence[MCQItem], shots: Sequence[MCQItem], *,
+               batch_items: int = DEFAULT_BATCH_ITEMS, max_new_tokens: int = 0, progress: bool = False) -> LangOutcome:
+    """The `mcq-loglik` task: letter and length-normalised text rules from one scoring pass."""
+    scores = score_mcq(backend, items, shots={items[0].lang: shots} if items else None,
+                       batch_items=batch_items, progress=progress)
+    return LangOutcome(
+        pred=tuple(s.pred_letter for s in scores), pred_text=tuple(s.pred_text for s in scores),
+        letter_logprobs=tuple(tuple(round(x, 5) for x in s.letter_logprobs) for s in scores))
 
 
 def _rank(seed: int, item_id: str) -> str:

@@ -115,8 +115,7 @@ def build_self_wheel(dest: Path) -> Path:
     root = _source_root()
     with tempfile.TemporaryDirectory(prefix="globmed-wheel-") as tmp:
         src = Path(tmp) / "src"
-        keep = shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "build", "dist", "results", "perf",
-                                      "gpu", "experiments")
+        keep = shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "build", "dist")
         src.mkdir()
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(root / name, src / name)

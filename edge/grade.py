@@ -17,7 +17,7 @@ from typing import Any
 #: The bands are the project's own pass thresholds of the 8-bit builds (GGUF q8_0, ONNX int8:
 #: top-1 >= 0.90, mean KL <= 0.03) and of the 4-bit k-quants (q4_k_m, q5_k_m: 0.68, 0.2), and
 #: they separate what was measured on the default model (SmolLM2-135M, the parity probes of
-#: quantize/parity.py; bench/results/cpu-smollm2-default/quantize.json, docs/quantize.md and
+#: quantize/parity.py; lab/results/cpu-smollm2-default/quantize.json, docs/quantize.md and
 #: quantize/gguf.py's notes), mean KL / top-1:
 #:   near-lossless  f16 1e-5 / 1.00;  q8_0 0.0082 / 0.938;  ONNX int8 0.0025 / 0.979 and, with
 #:                  int8 activations, 0.0086 / 0.927

@@ -27,7 +27,7 @@ GROUP_SIZES = (-1, 16, 32, 64, 128, 256, 512, 1024)
 
 # Thresholds: GPTQ 4-bit (group 64) measured mean KL 6.9e-3 / 70% top-1 agreement on the tiny
 # random model run in bf16 on CPU; 8-bit is expected near-lossless. Not yet measured on a
-# real model on CUDA (see bench/gpu/README.md), so these are deliberately loose.
+# real model on CUDA (see lab/gpu/README.md), so these are deliberately loose.
 QUANTIZATIONS: dict[str, QuantSpec] = {
     "4bit": QuantSpec("4bit", 4.0, "GPTQ 4-bit for CUDA servers: a quarter of fp16, calibrated",
                       ParityThresholds(min_top1_agreement=0.60, max_mean_kl=0.5),

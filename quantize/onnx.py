@@ -39,7 +39,7 @@ CARRY = ("generation_config.json", "special_tokens_map.json", "NOTICE", "LICENSE
 # agreement over 182 multilingual probe positions): fp32 ~1e-11 / 100%; fp16 ~3e-7 / 99.5%
 # (tiny random model); int8 8.6e-3 / 92.7% on SmolLM2-135M with int8 activations (accuracy_level
 # 4, the default: 96 tokens/s on 2 CPU cores) and 2.5e-3 / 97.9% with fp32 compute (accuracy_level
-# 1, which onnxruntime 1.32 runs through a slow path: 4.9 tokens/s; bench/perf/onnx_int8_levels.py);
+# 1, which onnxruntime 1.32 runs through a slow path: 4.9 tokens/s; lab/perf/onnx_int8_levels.py);
 # int4 3.7e-2 /
 # 43% on the tiny random model and 0.56 / 47% on SmolLM2-135M (a 135M model with a 49k
 # vocabulary whose tied embedding is also int4). Thresholds sit above those with a margin;
@@ -96,7 +96,7 @@ class ONNXExporter:
                 raise ConfigError(f"ONNX block_size {block} is not one of 16, 32, 64, 128, 256")
             # accuracy_level 4 (int8 activations, the builder's CPU default) for both: for int8
             # it costs top-1 agreement (97.9% -> 92.7% on SmolLM2-135M), but level 1 decoded at
-            # 4.9 tokens/s against 96 (bench/perf/onnx_int8_levels.py).
+            # 4.9 tokens/s against 96 (lab/perf/onnx_int8_levels.py).
             level = int(opts.get("accuracy_level", 4))
             if level not in (0, 1, 2, 3, 4):
                 raise ConfigError(f"ONNX accuracy_level {level} is not one of 0-4")

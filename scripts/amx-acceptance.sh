@@ -1,7 +1,7 @@
 #!/bin/sh
 # The acceptance run of issue #10 on an Intel CPU with AMX (Sapphire Rapids or later), in one go.
 #
-#   sh scripts/amx-acceptance.sh [OUT]     # OUT: default bench/results/native-runtimes-<date>-amx
+#   sh scripts/amx-acceptance.sh [OUT]     # OUT: default lab/results/native-runtimes-<date>-amx
 #
 # Refuses to run on a CPU without amx_int8 (the point is to check that machine). Each step's
 # output goes to OUT/<step>.txt and its exit code to OUT/summary.txt; a failing step does not stop
@@ -14,7 +14,7 @@ if ! grep -q amx_int8 /proc/cpuinfo; then
   echo "error: this CPU has no AMX (no amx_int8 in /proc/cpuinfo); run this on a Sapphire Rapids class Xeon" >&2
   exit 2
 fi
-OUT=${1:-bench/results/native-runtimes-$(date -u +%Y-%m-%d)-amx}
+OUT=${1:-lab/results/native-runtimes-$(date -u +%Y-%m-%d)-amx}
 mkdir -p "$OUT"
 HOME_DIR=$(mktemp -d "${TMPDIR:-/tmp}/amx-home-XXXXXX")
 export GLOBMED_EDGE_HOME="$HOME_DIR"
@@ -39,7 +39,7 @@ for b in $BUILDS; do
   step "chat-$(basename "$b")" "$BIN/globmed-edge" chat "$b" --prompt "What are the danger signs of dehydration in a child?" --max-tokens 48
 done
 step doctor "$BIN/globmed-edge" doctor
-step extra-bufts "$BIN/python" bench/perf/llamacpp_extra_bufts.py $BUILDS --rounds 5 --threads 1
+step extra-bufts "$BIN/python" lab/perf/llamacpp_extra_bufts.py $BUILDS --rounds 5 --threads 1
 rm -rf "$HOME_DIR"
 echo "done: $OUT/summary.txt" >&2
 cat "$OUT/summary.txt"

@@ -121,7 +121,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             cuda = torch.cuda.is_available()
         except Exception:  # pragma: no cover
             cuda = False
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine; GPU paths run on the H100 via bench/gpu/ scripts)")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine; GPU paths run on the H100 via lab/gpu/ scripts)")
     skip_gguf = pytest.mark.skip(reason="needs llama-cpp-python (install the [gguf] extra)")
     skip_onnx = pytest.mark.skip(reason="needs onnxruntime (install the [onnx] extra)")
     for item in items:

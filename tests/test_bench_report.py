@@ -10,11 +10,11 @@ from globmed_edge.bench.records import merge
 from globmed_edge.bench.report import build_sections, to_html, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMITTED = ROOT / "bench" / "results" / "cpu-smollm2-default"
+COMMITTED = ROOT / "lab" / "results" / "cpu-smollm2-default"
 
 
 def test_committed_report_is_rendered_from_its_records_by_the_current_rule() -> None:
-    """Golden file: bench/results/cpu-smollm2-default/report.md is what the code makes of results.jsonl
+    """Golden file: lab/results/cpu-smollm2-default/report.md is what the code makes of results.jsonl
     (re-render with `globmed-edge bench report results.jsonl --out .` in that folder)."""
     records = merge([COMMITTED / "results.jsonl"])
     md = to_markdown(build_sections(records, list(CHARTS)))

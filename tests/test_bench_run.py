@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from globmed_edge.bench.drift import compute_drift, drift_records
-from globmed_edge.bench.generate import extract_answer
+from globmed_edge.mcq.extract import extract_answer
 from globmed_edge.bench.records import (
     AccuracyRecord,
     BuildInfo,

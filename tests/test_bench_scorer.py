@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from globmed_edge.backends.base import ScoreRequest, ScoreResult
-from globmed_edge.bench.prompts import PromptTemplate, mcq_prompt
-from globmed_edge.bench.scorer import ItemScore, accuracy_by_lang, score_mcq, softmax
+from globmed_edge.mcq.prompts import PromptTemplate, mcq_prompt
+from globmed_edge.mcq.scorer import ItemScore, accuracy_by_lang, score_mcq, softmax
 from globmed_edge.data.schema import MCQItem
 from globmed_edge.errors import ConfigError
 
@@ -32,10 +32,12 @@ def test_two_items_render_two_prompts() -> None:
 
 
 def test_zero_shot_prompt_is_the_demo_prompt() -> None:
-    from globmed_edge.demo import mcq_prompt as demo_prompt
+    from globmed_edge.cli import demo
 
+    # one definition: `models demo` asks with the scorer's own prompt, not a copy of it
+    assert demo.mcq_prompt is mcq_prompt
     it = item(3, lang="ar", question="ما هو العلاج؟", options={"A": "أ", "B": "ب"})
-    assert mcq_prompt(it) == demo_prompt(it)
+    assert demo.mcq_prompt(it) == "Question: ما هو العلاج؟\nA. أ\nB. ب\nAnswer:"
 
 
 def test_template_missing_or_empty_field_raises() -> None:

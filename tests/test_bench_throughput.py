@@ -15,7 +15,7 @@ from globmed_edge.bench.throughput import CHAT_CONTEXT, chat_threads, kv_shape, 
 from globmed_edge.cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMITTED = ROOT / "bench" / "results" / "cpu-smollm2-default" / "results.jsonl"
+COMMITTED = ROOT / "lab" / "results" / "cpu-smollm2-default" / "results.jsonl"
 # SmolLM2-135M's shape: 30 layers, 9 query heads, 3 KV heads, hidden 576 -> head 64
 SHAPE = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576,
          "max_position_embeddings": 8192, "vocab_size": 49152}

@@ -17,7 +17,7 @@ from globmed_edge.errors import ModelError, UnknownNameError
 from globmed_edge.grade import parity_grade
 from globmed_edge.manifest import Manifest, hash_build_files, write_manifest
 
-MEASURED = ROOT / "bench" / "results" / "cpu-smollm2-default" / "quantize.json"
+MEASURED = ROOT / "lab" / "results" / "cpu-smollm2-default" / "quantize.json"
 Q4 = "smollm2-135m-instruct-gguf-q4_k_m"
 
 
@@ -138,7 +138,7 @@ def test_grade_of_the_measured_builds():
     assert all(p["passed"] for p in parity.values())
     assert {name.rsplit("-", 2)[-1]: parity_grade(p) for name, p in parity.items()} == {
         "q8_0": "near-lossless", "int8": "near-lossless", "q4_k_m": "small loss", "int4": "lossy"}
-    # q4_0 of the three-build run (bench/results/native-runtimes-2026-12-03): top-1 0.617, KL 0.285
+    # q4_0 of the three-build run (lab/results/native-runtimes-2026-12-03): top-1 0.617, KL 0.285
     assert parity_grade({"top1_agreement": 0.617, "mean_kl": 0.285}) == "lossy"
 
 

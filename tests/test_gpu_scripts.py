@@ -1,4 +1,4 @@
-"""The GPU scripts under bench/gpu/ run end to end on CPU in their --tiny form (numbers there mean
+"""The GPU scripts under lab/gpu/ run end to end on CPU in their --tiny form (numbers there mean
 nothing; what is checked is that the script itself works before it is taken to a GPU)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_train_throughput_script_tiny_on_cpu(default_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "tput.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu" / "train_throughput.py"), "--tiny", "--tokenizer",
+        [sys.executable, str(ROOT / "lab" / "gpu" / "train_throughput.py"), "--tiny", "--tokenizer",
          str(default_model), "--steps", "3", "--warmup", "1", "--seq-len", "256", "--batch-size", "1",
          "--samples", "16", "--methods", "lora", "--out", str(out)],
         capture_output=True, text=True, timeout=600, check=False)

@@ -519,7 +519,7 @@ def test_user_text_cannot_open_a_turn_onnx(tiny_model, cache_dir):
 
 def test_overlong_item_is_named(tmp_path):
     from globmed_edge.backends.base import ScoreResult
-    from globmed_edge.bench.scorer import score_mcq
+    from globmed_edge.mcq.scorer import score_mcq
     from globmed_edge.data.schema import parse_item
     from globmed_edge.errors import BackendError
 

@@ -77,7 +77,7 @@ def hash_files(paths: Iterable[Path]) -> dict[str, str]:
 
 
 def mcq_to_messages(item: MCQItem, *, include_rationale: bool = True, system_prompt: str = "") -> Messages:
-    from globmed_edge.bench.prompts import render_question
+    from globmed_edge.mcq.prompts import render_question
 
     answer = f"{item.answer}. {item.options[item.answer].strip()}"
     if include_rationale and item.rationale and item.rationale.strip():

@@ -23,7 +23,7 @@ log = logging.getLogger("globmed_edge.train")
 def dev_accuracy(model: Any, tokenizer: Any, items: Sequence[MCQItem]) -> dict[str, float]:
     """{"dev_acc/<lang>": accuracy, ..., "dev_acc/mean": macro average over languages}."""
     from globmed_edge.backends.transformers_backend import TransformersBackend
-    from globmed_edge.bench.scorer import accuracy_by_lang, score_mcq
+    from globmed_edge.mcq.scorer import accuracy_by_lang, score_mcq
 
     was_training = model.training
     model.eval()

@@ -106,7 +106,7 @@ def auto_threads(physical: int, logical: int, busy: int | None) -> int:
 
     llama.cpp's threads wait for each other at every step, so one thread that shares its core
     with another program slows them all: on 2 cores with one busy process, 2 threads decoded
-    31-34 tokens/s and 1 thread 82-87 (bench/perf/llamacpp_under_load.py).
+    31-34 tokens/s and 1 thread 82-87 (lab/perf/llamacpp_under_load.py).
     """
     if not busy:
         return physical

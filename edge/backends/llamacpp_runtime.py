@@ -15,7 +15,7 @@ Two facts about llama.cpp on the machines this project meets are handled here an
   hold repacked weights are switched off there (`use_extra_bufts = False`); `Llama()` has no keyword
   for that field of `llama_model_params`, so `new_llama()` sets it while constructing. Elsewhere they
   stay on: they also carry the AVX2 repack of Q4_0/IQ4_NL weights, which decodes those faster
-  (bench/perf/llamacpp_extra_bufts.py measures both settings; docs/backends.md has the numbers).
+  (lab/perf/llamacpp_extra_bufts.py measures both settings; docs/backends.md has the numbers).
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ def demo(model: str, prompt: str, lang: str, max_new_tokens: int, threads: int |
     from dataclasses import asdict
 
     from globmed_edge.buildref import resolve_build
-    from globmed_edge.demo import run_demo, sample_items
+    from globmed_edge.cli.demo import run_demo, sample_items
     from globmed_edge.errors import DataError
     from globmed_edge.models import MODELS
     from globmed_edge.models import prepare as do_prepare

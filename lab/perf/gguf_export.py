@@ -10,7 +10,7 @@ intermediate 6144, 16/8 heads, head_dim 128, tied embedding) with the SmolLM2 to
 vocabulary is 49,152 instead of 151,936: ~1.5B parameters. It is written in bf16, like real
 checkpoints. No importance matrix (that adds a torch forward pass over the calibration set).
 
-    nice python bench/perf/gguf_export.py [--layers 28] [--work DIR] [--skip-big]
+    nice python lab/perf/gguf_export.py [--layers 28] [--work DIR] [--skip-big]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ same GGUF files with extra buffer types on and off, each measurement in a fresh 
 loaded once per process, as the chat does), alternating the two settings round by round so that
 background load hits both alike. It prints medians, min-max spreads and the off/on ratio.
 
-    python bench/perf/llamacpp_extra_bufts.py BUILD_OR_GGUF... [--rounds 5] [--threads 2]
+    python lab/perf/llamacpp_extra_bufts.py BUILD_OR_GGUF... [--rounds 5] [--threads 2]
 
 A setting that crashes (SIGSEGV on an AMX machine with extra buffer types on) is reported as such.
 """

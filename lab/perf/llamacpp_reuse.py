@@ -10,7 +10,7 @@ In one process (llama.cpp only, no torch: see TOOLCHAIN.md), interleaved runs of
 
 Prints medians and ratios.
 
-    python bench/perf/llamacpp_reuse.py [GGUF or build] [--runs 5] [--threads N]
+    python lab/perf/llamacpp_reuse.py [GGUF or build] [--runs 5] [--threads N]
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from these threads in this order:
   D      a worker after the main thread has decoded (the main thread never exits)
 
 With llama.cpp's OpenMP build on a 2-core machine, B and D were ~40% slower than A, C and main
-(bench/results/perf-2026-11-29.md). Prints tokens/s per run.
+(lab/results/perf-2026-11-29.md). Prints tokens/s per run.
 
-    python bench/perf/llamacpp_threads.py BUILD_OR_GGUF [--threads 2] [--tokens 150]
+    python lab/perf/llamacpp_threads.py BUILD_OR_GGUF [--threads 2] [--tokens 150]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ chat prompt through the llama.cpp backend with threads = the physical cores, 1, 
 (what the chat app uses: before each answer, the physical cores other work leaves free),
 alternating over `--rounds`, and prints the median tokens/s of each.
 
-    python bench/perf/llamacpp_under_load.py BUILD [--busy 0,1] [--rounds 3] [--tokens 96]
+    python lab/perf/llamacpp_under_load.py BUILD [--busy 0,1] [--rounds 3] [--tokens 96]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Builds each variant of the default model with onnxruntime-genai's builder (the e
 through the onnx backend (median of --rounds), and the parity check against the source model
 (top-1 agreement, mean KL, greedy tokens in common). Why int8 builds use level 4 by default.
 
-    python bench/perf/onnx_int8_levels.py [MODEL] [--rounds 3] [--tokens 48]
+    python lab/perf/onnx_int8_levels.py [MODEL] [--rounds 3] [--tokens 48]
 """
 
 from __future__ import annotations

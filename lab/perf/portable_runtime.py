@@ -12,7 +12,7 @@ folder of its own and used in place of the installed llama_cpp:
    a fresh process, the wheels alternated round by round; medians, min-max and the ratio to the
    first wheel.
 
-    python bench/perf/portable_runtime.py portable=WHEEL native=WHEEL [--cpus Haswell,Nehalem] [--rounds 5]
+    python lab/perf/portable_runtime.py portable=WHEEL native=WHEEL [--cpus Haswell,Nehalem] [--rounds 5]
 """
 
 from __future__ import annotations

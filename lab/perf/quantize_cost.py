@@ -12,7 +12,7 @@ any process the exporter starts, e.g. the ONNX model builder):
 A baseline child that only imports torch + transformers is measured the same way, and every peak
 is shown next to the fp16 size of the model (the issue's target: peak RSS < 2x fp16 size).
 
-    nice python bench/perf/quantize_cost.py [--model smollm2-135m-instruct] [--format onnx:int8,int4 ...]
+    nice python lab/perf/quantize_cost.py [--model smollm2-135m-instruct] [--format onnx:int8,int4 ...]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ argmax of log-likelihood / len(option text). The bench scorer (`score_mcq`) give
 and `pred_text`. Reported: per-item agreement of both choices, the largest log-likelihood
 difference, and items/s of each (medians over --runs alternating runs after a warm-up).
 
-    python bench/perf/scorer_vs_lmeval.py --langs en,fr,es,zh,zu --per-lang 8 --runs 3
+    python lab/perf/scorer_vs_lmeval.py --langs en,fr,es,zh,zu --per-lang 8 --runs 3
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
 
     from globmed_edge.backends import open_backend
-    from globmed_edge.bench.prompts import letter_continuations, mcq_prompt, text_continuations
-    from globmed_edge.bench.scorer import score_mcq
+    from globmed_edge.mcq.prompts import letter_continuations, mcq_prompt, text_continuations
+    from globmed_edge.mcq.scorer import score_mcq
     from globmed_edge.bench.tasks import TaskSpec, default_sources, load_task
     from globmed_edge.models import prepare
 

@@ -14,7 +14,7 @@ Measures, in one process and with the runs interleaved (direct, TUI, direct, TUI
 Prints medians and the TUI/direct ratio. Target: the UI costs < 5% of decode throughput.
 One backend per process (see TOOLCHAIN.md: never time llama.cpp in a process that used torch).
 
-    python bench/perf/tui_overhead.py [BUILD] [--runs 5] [--tokens 48]
+    python lab/perf/tui_overhead.py [BUILD] [--runs 5] [--tokens 48]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Log-likelihood scoring of multiple-choice items through any backend (the one rule for all).
 
-For every item the prompt (`bench.prompts.mcq_prompt`) is the context and two sets of
+For every item the prompt (`globmed_edge.mcq.prompts.mcq_prompt`) is the context and two sets of
 continuations are scored in the same `backend.score` batch:
 
 * letter rule: `" A"`, `" B"`, ... -> prediction = argmax of log P(" X" | prompt);
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from globmed_edge.backends.base import ScoreRequest
-from globmed_edge.bench.prompts import letter_continuations, mcq_prompt, text_continuations
+from globmed_edge.mcq.prompts import letter_continuations, mcq_prompt, text_continuations
 from globmed_edge.data.schema import LETTERS, MCQItem
 from globmed_edge.errors import BackendError, ConfigError
 

@@ -5,7 +5,8 @@ that the template names but the caller does not supply raises (lm-evaluation-har
 dozens of tasks at chance because a literal `{premise}` reached the model), and so does a field
 that renders empty.
 
-Zero-shot output is identical to `globmed_edge.demo.mcq_prompt` (a test holds them together):
+Bench scoring, training examples (`train/data.py`), the dev-set eval and `models demo` all render
+items with it. Zero-shot output:
 
     Question: <question>
     A. <option A>

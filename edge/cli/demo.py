@@ -9,12 +9,7 @@ from pathlib import Path
 
 from globmed_edge.backends.base import GenerationRequest, ScoreRequest
 from globmed_edge.data.schema import MCQItem
-
-
-def mcq_prompt(item: MCQItem) -> str:
-    """The zero-shot prompt for log-likelihood scoring of the option letters."""
-    opts = "\n".join(f"{k}. {v}" for k, v in item.options.items())
-    return f"Question: {item.question}\n{opts}\nAnswer:"
+from globmed_edge.mcq.prompts import letter_continuations, mcq_prompt
 
 
 @dataclass(frozen=True)
@@ -61,7 +56,7 @@ def run_demo(model_dir: Path, prompt: str, item: MCQItem, *, max_new_tokens: int
         decode = (n - 1) / (times[-1] - times[0]) if n > 1 and times[-1] > times[0] else float("nan")
         context = mcq_prompt(item)
         letters = list(item.options)
-        scores = be.score([ScoreRequest(context, f" {k}") for k in letters])
+        scores = be.score([ScoreRequest(context, c) for c in letter_continuations(item)])
         lps = {k: s.logprob for k, s in zip(letters, scores, strict=True)}
         predicted = max(lps, key=lambda k: lps[k])
     finally:
