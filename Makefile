@@ -43,7 +43,9 @@ demo: install
 test: install lint typecheck pytest
 
 lint:
-	$(BIN)/ruff check edge quantize train bench tui bundle tests
+	$(BIN)/ruff check edge quantize train bench tui bundle tests scripts
+	@# the architecture contracts of pyproject.toml ([tool.importlinter])
+	$(BIN)/python scripts/check_layers.py
 
 typecheck:
 	$(BIN)/mypy edge quantize train bench tui bundle

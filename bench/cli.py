@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from globmed_edge.mcq.scorer import DEFAULT_BATCH_ITEMS
-from globmed_edge.cli.common import split_csv
+from globmed_edge.clikit import split_csv
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,7 +86,7 @@ def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str,
     from globmed_edge.bench.runner import RunConfig, run_bench
     from globmed_edge.bench.tasks import TaskSpec, default_sources
     from globmed_edge.buildref import resolve_build
-    from globmed_edge.cli.common import progress_enabled
+    from globmed_edge.clikit import progress_enabled
 
     resolved = tuple(str(resolve_build(b, models=True)) for b in builds)
     ref = str(resolve_build(reference, models=True)) if reference else None

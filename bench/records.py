@@ -80,7 +80,12 @@ class AccuracyRecord:
     schema_version: int = SCHEMA_VERSION
 
     def key(self) -> tuple[str, ...]:
-        return (self.type, self.build.name, self.device, self.task, self.lang, self.items_hash)
+        return self.key_for(self.build.name, self.device, self.task, self.lang, self.items_hash)
+
+    @classmethod
+    def key_for(cls, build: str, device: str, task: str, lang: str, items_hash: str) -> tuple[str, ...]:
+        """The resume key of the record these would make (a run skips keys already written)."""
+        return (cls.type, build, device, task, lang, items_hash)
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,12 @@ class ThroughputRecord:
     schema_version: int = SCHEMA_VERSION
 
     def key(self) -> tuple[str, ...]:
-        return (self.type, self.build.name, self.device, str(self.threads))
+        return self.key_for(self.build.name, self.device, self.threads)
+
+    @classmethod
+    def key_for(cls, build: str, device: str, threads: int | str | None) -> tuple[str, ...]:
+        """The resume key of the record these would make (a run skips keys already written)."""
+        return (cls.type, build, device, str(threads))
 
 
 Record = AccuracyRecord | DriftRecord | ThroughputRecord

@@ -102,7 +102,7 @@ def make_record(info: BuildInfo, cfg: RunConfig, data: TaskData, lang: str, out:
 
 def pending_langs(results: ResultsFile, info: BuildInfo, cfg: RunConfig, data: TaskData) -> list[str]:
     return [lang for lang, its in data.items.items()
-            if ("accuracy", info.name, cfg.device, cfg.task.task_name, lang, items_hash(its)) not in results]
+            if AccuracyRecord.key_for(info.name, cfg.device, cfg.task.task_name, lang, items_hash(its)) not in results]
 
 
 def bench_build(cfg: RunConfig, build: str, data: TaskData | None = None,
@@ -232,7 +232,7 @@ def _bench_one(cfg: RunConfig, build: str, info: BuildInfo, data: TaskData, log:
     if not cfg.throughput:
         return
     results = ResultsFile(cfg.out)
-    if ("throughput", info.name, cfg.device, str(cfg.threads)) in results:
+    if ThroughputRecord.key_for(info.name, cfg.device, cfg.threads) in results:
         log(f"{info.name}: throughput record already there, skipped")
         return
     rec = throughput_record(cfg, build)

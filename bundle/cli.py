@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from globmed_edge.cli.common import human_size, split_csv
+from globmed_edge.clikit import human_size, split_csv
 
 
 def _log(line: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from globmed_edge.cli.common import human_size
+from globmed_edge.clikit import human_size
 
 EXIT_OK, EXIT_FAILED, EXIT_NOTHING_AVAILABLE = 0, 1, 3
 
@@ -57,7 +57,7 @@ def _verdict(o: Any) -> str:
 
 
 def render_table(outcomes: list[Any]) -> str:
-    from globmed_edge.cli.common import table
+    from globmed_edge.clikit import table
     from globmed_edge.grade import parity_grade
 
     rows = []
@@ -115,7 +115,7 @@ def quantize(ctx: click.Context, model: str, out: Path | None, formats: tuple[st
     that already exist and verify are skipped; interrupted runs leave nothing that looks
     complete. Exit codes: 0 ok, 1 a build failed, 2 usage error, 3 nothing buildable here.
     """
-    from globmed_edge.cli.common import progress_enabled
+    from globmed_edge.clikit import progress_enabled
     from globmed_edge.paths import builds_dir
     from globmed_edge.quantize.runner import DEFAULT_FORMATS, QuantizeOptions
     from globmed_edge.quantize.runner import quantize as run

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from globmed_edge.cli.common import human_size
+from globmed_edge.clikit import human_size
 from globmed_edge.manifest import Manifest
 
 
@@ -75,7 +75,7 @@ def _parity(manifest: Manifest) -> str:
 
 
 def _languages(parity: dict[str, Any] | None) -> str | None:
-    from globmed_edge.cli.common import table
+    from globmed_edge.clikit import table
     from globmed_edge.grade import parity_grade
 
     langs = (parity or {}).get("languages")

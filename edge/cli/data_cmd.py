@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from globmed_edge.cli.common import data_source_options, progress_enabled, table
+from globmed_edge.clikit import data_source_options, progress_enabled, table
 from globmed_edge.errors import DataError
 from globmed_edge.textsafe import clean_line
 

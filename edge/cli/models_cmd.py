@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from globmed_edge.cli.common import human_size, progress_enabled, table
+from globmed_edge.clikit import human_size, progress_enabled, table
 from globmed_edge.textsafe import clean_line, clean_text
 
 

@@ -1,4 +1,6 @@
-"""Small helpers shared by the CLI modules (output formatting, shared options)."""
+"""Small helpers for every click command, the stages' own and the top-level CLI's (tables, sizes,
+comma lists, progress, shared data options). Below the stages, so bench, quantize and bundle
+commands use them without importing the top-level CLI package."""
 
 from __future__ import annotations
 
