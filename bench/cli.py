@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from globmed_edge.mcq.scorer import DEFAULT_BATCH_ITEMS
 from globmed_edge.clikit import split_csv
+from globmed_edge.mcq.scorer import DEFAULT_BATCH_ITEMS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

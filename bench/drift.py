@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from globmed_edge.bench.records import AccuracyRecord, DriftRecord, Record
-from globmed_edge.mcq.scorer import softmax
 from globmed_edge.bench.stats import kl_divergence, mcnemar_exact, resolves
 from globmed_edge.errors import DataError
+from globmed_edge.mcq.scorer import softmax
 
 
 def compute_drift(rec: AccuracyRecord, ref: AccuracyRecord) -> DriftRecord:

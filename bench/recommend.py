@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from globmed_edge.bench.records import AccuracyRecord, DriftRecord, Record, ThroughputRecord
-from globmed_edge.mcq.scorer import softmax
 from globmed_edge.bench.stats import items_to_resolve, kl_divergence, paired_diff_ci, wilson
 from globmed_edge.errors import DataError
 from globmed_edge.languages import lookup
+from globmed_edge.mcq.scorer import softmax
 
 GiB = 1024**3
 MiB = 1024**2

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from globmed_edge.bench.records import (
     AccuracyRecord,
@@ -28,8 +27,15 @@ from globmed_edge.bench.records import (
     ThroughputRecord,
 )
 from globmed_edge.bench.stats import wilson
-from globmed_edge.bench.tasks import MODES, TASKS, LangOutcome, TaskData, TaskSpec, items_hash, load_task
-from globmed_edge.data.schema import MCQItem
+from globmed_edge.bench.tasks import (
+    MODES,
+    TASKS,
+    LangOutcome,
+    TaskData,
+    TaskSpec,
+    items_hash,
+    load_task,
+)
 from globmed_edge.errors import BackendError, ConfigError, ModelError
 from globmed_edge.mcq.scorer import DEFAULT_BATCH_ITEMS
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from globmed_edge.backends.base import ScoreRequest, ScoreResult
-from globmed_edge.mcq.prompts import PromptTemplate, mcq_prompt
-from globmed_edge.mcq.scorer import ItemScore, accuracy_by_lang, score_mcq, softmax
 from globmed_edge.data.schema import MCQItem
 from globmed_edge.errors import ConfigError
+from globmed_edge.mcq.prompts import PromptTemplate, mcq_prompt
+from globmed_edge.mcq.scorer import ItemScore, accuracy_by_lang, score_mcq, softmax
 
 
 def item(i: int, lang: str = "en", split: str = "test", answer: str = "B", **kw: object) -> MCQItem:
