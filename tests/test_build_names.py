@@ -312,7 +312,7 @@ def test_picker_choices_carry_the_grade(home):
 
 
 async def test_picker_details_show_the_grade(tmp_path):
-    from globmed_edge.tui.app import ChatApp
+    from globmed_edge.tui.app import make_app
     from globmed_edge.tui.builds import BuildChoice
     from globmed_edge.tui.store import ChatStore
 
@@ -320,8 +320,8 @@ async def test_picker_details_show_the_grade(tmp_path):
                            parity_passed=True, grade="small loss"),
                BuildChoice("smol-onnx-int4", tmp_path / "b", "onnx", "int4", 2**20, "English", 2**21,
                            parity_passed=True, grade="lossy")]
-    app = ChatApp(None, store=ChatStore(tmp_path / "h.sqlite3"), choices=choices, free_memory=2**30,
-                  freeze_timings=True)
+    app = make_app(None, store=ChatStore(tmp_path / "h.sqlite3"), choices=choices, free_memory=2**30,
+                   freeze_timings=True)
     async with app.run_test(size=(80, 24)) as pilot:
         details = app.screen.query_one("#details")
         assert "gguf q4_k_m · parity pass, small loss · English" in str(details.render())

@@ -241,7 +241,7 @@ def test_markdown_export_and_chat_widgets_are_clean(tmp_path):
 async def test_reopened_conversation_paints_no_escape(tmp_path):
     from test_tui_fakes import FakeBackend
 
-    from globmed_edge.tui.app import ChatApp
+    from globmed_edge.tui.app import make_app
     from globmed_edge.tui.store import ChatStore
     from globmed_edge.tui.widgets import MessageBox
 
@@ -249,8 +249,8 @@ async def test_reopened_conversation_paints_no_escape(tmp_path):
     cid = store.new_conversation("t", "en")
     store.add_message(cid, "user", EVIL, lang="en")
     store.add_message(cid, "assistant", EVIL, lang="en")
-    app = ChatApp(Path("fake-build"), store=store, backend_factory=lambda p: FakeBackend(), conversation=cid,
-                  freeze_timings=True)
+    app = make_app(Path("fake-build"), store=store, backend_factory=lambda p: FakeBackend(), conversation=cid,
+                   freeze_timings=True)
     async with app.run_test(size=(100, 30)) as pilot:
         for _ in range(200):
             if app.chat is not None and len(list(app.chat.query(MessageBox))) >= 2:

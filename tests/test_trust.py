@@ -187,7 +187,7 @@ def test_bench_run_refuses_then_records_unverified(stripped, tiny_onnx_build, sa
 
 
 async def test_chat_app_refuses_then_marks_the_title(tmp_path):
-    from globmed_edge.tui.app import ChatApp
+    from globmed_edge.tui.app import make_app
     from globmed_edge.tui.store import ChatStore
 
     build = fake_build(tmp_path, "nomanifest", manifest=False)
@@ -195,7 +195,7 @@ async def test_chat_app_refuses_then_marks_the_title(tmp_path):
         if waive:
             permit_unverified([build])
         store = ChatStore(tmp_path / f"h{waive}.sqlite3")
-        app = ChatApp(build, store=store, backend_factory=lambda p: FakeBackend(), freeze_timings=True)
+        app = make_app(build, store=store, backend_factory=lambda p: FakeBackend(), freeze_timings=True)
         async with app.run_test(size=(100, 30)) as pilot:
             for _ in range(200):
                 chat = app.chat

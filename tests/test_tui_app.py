@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from test_tui_fakes import DEFAULT_TOKENS, FakeBackend
 
+import globmed_edge.tui.app as tui_app
 from globmed_edge.tui.app import ChatApp
 from globmed_edge.tui.builds import BuildChoice
 from globmed_edge.tui.i18n import Translator
+from globmed_edge.tui.messages import Exported, PickBuild
 from globmed_edge.tui.screen_chat import ChatScreen
 from globmed_edge.tui.screen_history import HistoryScreen
 from globmed_edge.tui.screen_modals import HelpScreen, LanguageScreen
@@ -22,10 +24,12 @@ from globmed_edge.tui.widgets import ChatInput, MessageBox
 SIZE = (80, 24)
 
 
-def make_app(tmp_path: Path, backend: FakeBackend, **kw) -> ChatApp:
+def make_app(tmp_path: Path, backend: FakeBackend | None, **kw) -> ChatApp:
+    """The app on a fake build with `backend` (the shared factory, tui.app.make_app)."""
     store = kw.pop("store", None) or ChatStore(tmp_path / "history.sqlite3")
-    return ChatApp(Path("fake-build"), store=store, backend_factory=lambda p: backend,
-                   export_dir=tmp_path / "exports", freeze_timings=True, **kw)
+    kw.setdefault("backend_factory", lambda p: backend)
+    return tui_app.make_app(Path("fake-build"), store=store, export_dir=tmp_path / "exports",
+                            freeze_timings=True, **kw)
 
 
 async def until(pilot, cond, timeout: float = 10.0) -> None:
@@ -213,12 +217,18 @@ async def test_history_persists_across_restarts_and_can_be_managed(tmp_path):
 
 async def test_export_writes_three_files(tmp_path):
     app = make_app(tmp_path, FakeBackend(replies=[["محلول الإماهة"]]), lang="ar")
-    async with app.run_test(size=SIZE) as pilot:
+    last_exports: list[Path] = []
+
+    def exported(message) -> None:  # the files an export wrote (Exported, routed by the app)
+        if isinstance(message, Exported):
+            last_exports[:] = message.paths
+
+    async with app.run_test(size=SIZE, message_hook=exported) as pilot:
         chat = await ready(pilot, app)
         await ask(pilot, chat, "ما علاج الجفاف؟")
         await pilot.press("f3")
-        await until(pilot, lambda: len(app.last_exports) == 3)
-    by_ext = {p.suffix: p for p in app.last_exports}
+        await until(pilot, lambda: len(last_exports) == 3)
+    by_ext = {p.suffix: p for p in last_exports}
     assert set(by_ext) == {".md", ".json", ".html"}
     html = by_ext[".html"].read_text(encoding="utf-8")
     assert 'lang="ar" dir="rtl"' in html and "محلول الإماهة" in html
@@ -257,8 +267,8 @@ async def test_picker_warns_when_build_is_bigger_than_free_ram(tmp_path):
     be = FakeBackend()
     big = BuildChoice("big-build", tmp_path / "big", "gguf", "q4_k_m", 8 * 2**30, "en, sw",
                       10 * 2**30, 12.0)
-    app = ChatApp(None, store=ChatStore(tmp_path / "h.sqlite3"), backend_factory=lambda p: be,
-                  choices=[big], free_memory=2 * 2**30, freeze_timings=True)
+    app = tui_app.make_app(None, store=ChatStore(tmp_path / "h.sqlite3"), backend_factory=lambda p: be,
+                           choices=[big], free_memory=2 * 2**30, freeze_timings=True)
     async with app.run_test(size=SIZE) as pilot:
         assert isinstance(app.screen, PickerScreen)
         await pilot.press("enter")
@@ -296,8 +306,8 @@ async def test_language_and_last_build_survive_a_restart_and_history_opens_from_
     builds = [BuildChoice(name, Path(f"/b/{name}"), "gguf", q, 2**20, "English", 2**20)
               for name, q in (("smol-q8", "q8_0"), ("smol-q4", "q4_k_m"), ("smol-q2", "q2_k"))]
     store = ChatStore(db)
-    app = ChatApp(None, store=store, choices=builds, free_memory=2**30, freeze_timings=True,
-                  backend_factory=lambda p: FakeBackend())
+    app = tui_app.make_app(None, store=store, choices=builds, free_memory=2**30, freeze_timings=True,
+                           backend_factory=lambda p: FakeBackend())
     async with app.run_test(size=SIZE) as pilot:
         app.set_language("sw")
         picker = app.screen
@@ -312,8 +322,8 @@ async def test_language_and_last_build_survive_a_restart_and_history_opens_from_
     assert (reopened.get_setting("ui_lang"), reopened.get_setting("last_build")) == ("sw", "/b/smol-q2")
     with pytest.raises(Exception, match="unknown chat setting"):
         reopened.set_setting("theme", "dark")
-    app = ChatApp(None, store=reopened, choices=builds, free_memory=2**30, freeze_timings=True,
-                  backend_factory=lambda p: FakeBackend())
+    app = tui_app.make_app(None, store=reopened, choices=builds, free_memory=2**30, freeze_timings=True,
+                           backend_factory=lambda p: FakeBackend())
     async with app.run_test(size=SIZE) as pilot:
         picker = app.screen
         assert isinstance(picker, PickerScreen)
@@ -357,3 +367,35 @@ def test_alignment_follows_the_message_script_not_the_interface():
     assert MessageBox("user", "ما علاج الجفاف عند الأطفال؟", "sw", sw).has_class("rtl")
     assert not MessageBox("user", "Mtoto ana homa, nifanye nini?", "ar", ar).has_class("rtl")
     assert MessageBox("assistant", "", "ar", ar).has_class("rtl")  # no letters yet: the language decides
+
+
+async def test_f9_keeps_the_typed_text_and_conversation_and_each_backend_is_closed(tmp_path):
+    """The backend lives in the chat screen's session: F9 (the screen goes) and quitting close it."""
+    builds = [BuildChoice(name, Path(f"/b/{name}"), "gguf", "q8_0", 2**20, "English", 2**20)
+              for name in ("smol-a", "smol-b")]
+    opened: list[FakeBackend] = []
+
+    def factory(path: Path) -> FakeBackend:
+        opened.append(FakeBackend(path))
+        return opened[-1]
+
+    app = tui_app.make_app(None, store=ChatStore(tmp_path / "h.sqlite3"), choices=builds,
+                           free_memory=2**30, freeze_timings=True, backend_factory=factory)
+    seen: list[object] = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await pilot.press("enter")
+        chat = await ready(pilot, app)
+        await ask(pilot, chat, "first question")
+        conv = chat.session.conv_id
+        chat.query_one(ChatInput).insert("typed, not sent")
+        await pilot.press("f9")
+        await until(pilot, lambda: isinstance(app.screen, PickerScreen) and opened[0].closed)
+        assert app.chat is None
+        await pilot.press("down", "enter")
+        chat = await ready(pilot, app)
+        assert app.path == Path("/b/smol-b") and chat.session.conv_id == conv
+        assert chat.query_one(ChatInput).text == "typed, not sent"
+        await until(pilot, lambda: [b.body for b in boxes(chat, "user")] == ["first question"])
+        assert not opened[1].closed
+    assert opened[1].closed and len(opened) == 2
+    assert any(isinstance(m, PickBuild) for m in seen)  # F9 went through the app

@@ -24,8 +24,7 @@ def isolated_factory(opened: list[IsolatedBackend]):
 async def test_a_runtime_crash_is_shown_and_f8_reloads(tmp_path):
     store = ChatStore(tmp_path / "history.sqlite3")
     opened: list[IsolatedBackend] = []
-    app = make_app(tmp_path, None, store=store)  # type: ignore[arg-type]
-    app.backend_factory = isolated_factory(opened)
+    app = make_app(tmp_path, None, store=store, backend_factory=isolated_factory(opened))
     async with app.run_test(size=SIZE) as pilot:
         chat = await ready(pilot, app)
         await ask(pilot, chat, "fever")

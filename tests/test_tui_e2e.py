@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from globmed_edge.backends import open_backend
-from globmed_edge.tui.app import ChatApp
+from globmed_edge.tui.app import make_app
 from globmed_edge.tui.i18n import system_prompt
 from globmed_edge.tui.store import ChatStore
 from globmed_edge.tui.widgets import ChatInput, MessageBox
@@ -46,7 +46,7 @@ def test_one_shot_prompt_streams_the_same_answer(default_model, reference):
 
 async def test_app_answers_with_the_real_model(default_model, reference, tmp_path):
     store = ChatStore(tmp_path / "h.sqlite3")
-    app = ChatApp(default_model, lang="en", store=store, max_new_tokens=N)
+    app = make_app(default_model, lang="en", store=store, max_new_tokens=N)
     async with app.run_test(size=(80, 24)) as pilot:
         for _ in range(3000):
             if app.chat is not None and app.chat.backend is not None:

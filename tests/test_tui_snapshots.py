@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_tui_fakes import FakeBackend
 
-from globmed_edge.tui.app import ChatApp
+from globmed_edge.tui.app import ChatApp, make_app
 from globmed_edge.tui.builds import BuildChoice
 from globmed_edge.tui.store import ChatStore
 from globmed_edge.tui.widgets import ChatInput, MessageBox
@@ -34,8 +34,8 @@ CASES = {
 def chat_app(tmp_path: Path, lang: str) -> ChatApp:
     _question, tokens = CASES[lang]
     be = FakeBackend(replies=[tokens])
-    return ChatApp(Path("smollm2-q4_k_m"), lang=lang, store=ChatStore(tmp_path / "h.sqlite3"),
-                   backend_factory=lambda p: be, freeze_timings=True, export_dir=tmp_path)
+    return make_app(Path("smollm2-q4_k_m"), lang=lang, store=ChatStore(tmp_path / "h.sqlite3"),
+                    backend_factory=lambda p: be, freeze_timings=True, export_dir=tmp_path)
 
 
 async def _ask(pilot, lang: str) -> None:
@@ -71,8 +71,8 @@ def test_picker_snapshot(snap_compare, tmp_path):
         BuildChoice("gemma3-medical-q4_k_m", Path("/data/builds/gemma3-q4"), "gguf", "q4_k_m", 3 * 2**30,
                     "en, sw, ha, yo, am", 4 * 2**30, None),
     ]
-    app = ChatApp(None, store=ChatStore(tmp_path / "h.sqlite3"), choices=choices,
-                  free_memory=2 * 2**30, freeze_timings=True)
+    app = make_app(None, store=ChatStore(tmp_path / "h.sqlite3"), choices=choices,
+                   free_memory=2 * 2**30, freeze_timings=True)
     assert snap_compare(app, terminal_size=(80, 24))
 
 
@@ -90,6 +90,6 @@ def test_picker_tells_builds_of_one_model_apart_and_marks_one(snap_compare, tmp_
         BuildChoice(f"{model}-onnx-int4", Path(f"/data/builds/{model}-onnx-int4"), "onnx", "int4",
                     86 * 2**20, "English", 410 * 2**20, None, parity_passed=True, grade="lossy"),
     ]
-    app = ChatApp(None, store=ChatStore(tmp_path / "h.sqlite3"), choices=choices,
-                  free_memory=2 * 2**30, freeze_timings=True)
+    app = make_app(None, store=ChatStore(tmp_path / "h.sqlite3"), choices=choices,
+                   free_memory=2 * 2**30, freeze_timings=True)
     assert snap_compare(app, terminal_size=(80, 24))

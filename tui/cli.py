@@ -91,7 +91,7 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
     from globmed_edge.deps import require
 
     require("textual", "tui")
-    from globmed_edge.tui.app import ChatApp
+    from globmed_edge.tui.app import make_app
 
     path = resolve_build(build, models=True) if build else None
     if path is not None:
@@ -101,9 +101,9 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
         remembered = store.get_setting("ui_lang")
         language = normalize(remembered) if remembered else language
     try:
-        ChatApp(path, lang=language, store=store, max_new_tokens=max_tokens,
-                conversation=conversation, backend_factory=factory,
-                repetition_penalty=repetition_penalty, export_dir=export_dir).run()
+        make_app(path, lang=language, store=store, max_new_tokens=max_tokens,
+                 conversation=conversation, backend_factory=factory,
+                 repetition_penalty=repetition_penalty, export_dir=export_dir).run()
     finally:
         store.close()
 

@@ -194,6 +194,11 @@ def export_conversation(store: ChatStore, conv_id: int, fmt: str, out_dir: Path 
     return path
 
 
+def export_all(store: ChatStore, conv_id: int, out_dir: Path | None = None) -> list[Path]:
+    """F3 (chat screen or history): the conversation in every format at once; the files written."""
+    return [export_conversation(store, conv_id, fmt, out_dir) for fmt in FORMATS]
+
+
 def default_export_dir() -> Path:
     from globmed_edge.paths import data_home
 

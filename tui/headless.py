@@ -44,9 +44,8 @@ def run_prompt(build: Path, prompt: str, *, lang: str = "en", max_new_tokens: in
     reminder = emergency_reminder(prompt, lang)
     if reminder:
         err.write(f"⚠ {reminder}\n")
-    backend = load_backend(build, backend_factory)
-    session = ChatSession(backend, lang=lang, build=build_label(build), max_new_tokens=max_new_tokens,
-                          temperature=temperature,
+    session = ChatSession(load_backend(build, backend_factory), lang=lang, build=build_label(build),
+                          max_new_tokens=max_new_tokens, temperature=temperature,
                           repetition_penalty=DEFAULT_REPETITION_PENALTY if repetition_penalty is None
                           else repetition_penalty)
     session.add_question(prompt)
@@ -87,7 +86,7 @@ def run_prompt(build: Path, prompt: str, *, lang: str = "en", max_new_tokens: in
         _wait_quietly(finished, STOP_WAIT_S)
     finally:
         if finished.is_set():
-            backend.close()
+            session.close()
         # else: a runtime that did not stop in time keeps its memory until exit (daemon thread)
     if interrupted:
         out.write("\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -16,9 +16,16 @@ from textual.screen import Screen
 from textual.widgets import ProgressBar, Static
 
 from globmed_edge.textsafe import clean_line
+from globmed_edge.tui.context import ChatContext
+from globmed_edge.tui.i18n import Translator
 from globmed_edge.tui.messages import (
+    Exported,
+    LanguageChosen,
     ModelFailed,
     ModelLoaded,
+    OpenConversation,
+    PickBuild,
+    ReloadRequested,
     StreamDone,
     StreamFailed,
     StreamUpdate,
@@ -27,9 +34,6 @@ from globmed_edge.tui.safety import emergency_reminder
 from globmed_edge.tui.session import ChatSession, StreamStats
 from globmed_edge.tui.widgets import ChatInput, MessageBox, StatusLine
 
-if TYPE_CHECKING:
-    from globmed_edge.tui.app import ChatApp
-
 #: The screen repaints the streaming answer at most this often (the UI must not slow decoding).
 UPDATE_SECONDS = 0.4
 
@@ -37,22 +41,26 @@ UPDATE_SECONDS = 0.4
 class ChatScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "stop", "Stop", priority=True),
-        Binding("f1", "help", "Help", priority=True),
-        Binding("f2,ctrl+o", "history", "History", priority=True),
+        Binding("f1", "app.show_help", "Help", priority=True),
+        Binding("f2,ctrl+o", "app.show_history", "History", priority=True),
         Binding("f3", "export", "Export", priority=True),
-        Binding("f4,ctrl+l", "language", "Language", priority=True),
+        Binding("f4,ctrl+l", "app.choose_language", "Language", priority=True),
         Binding("f5,ctrl+r", "regenerate", "Regenerate", priority=True),
         Binding("f6", "copy", "Copy", priority=True),
         Binding("f7,ctrl+n", "new", "New", priority=True),
         Binding("f8", "reload", "Reload", priority=True),
-        Binding("f9", "app.pick_build", "Models", priority=True),
+        Binding("f9", "pick_build", "Models", priority=True),
     ]
 
-    def __init__(self, build_name: str) -> None:
+    def __init__(self, ctx: ChatContext, build_name: str, *, conversation: int | None = None,
+                 draft: str = "") -> None:
         super().__init__()
+        self.ctx = ctx
         self.build_name = build_name
-        self.backend: Any = None
-        self.session: ChatSession | None = None
+        self._conversation = conversation  # a saved conversation to show once mounted
+        self._draft = draft  # typed in the chat before F9 chose this build: kept
+        # The conversation and the model: the session is the one holder of the backend.
+        self.session = self._new_session(None, None)
         self.generating = False
         self._cancel = threading.Event()
         self._load_started = time.monotonic()
@@ -62,11 +70,12 @@ class ChatScreen(Screen[None]):
         self.crashed: str | None = None  # set when the model's runtime process died (F8 reloads it)
 
     @property
-    def chat_app(self) -> ChatApp:
-        return self.app  # type: ignore[return-value]
+    def backend(self) -> Any:
+        """The loaded model, None while loading or after its runtime crashed."""
+        return self.session.backend
 
     def compose(self) -> ComposeResult:
-        tr = self.chat_app.tr
+        tr = self.ctx.tr
         yield Static(id="title")
         yield Static(tr("safety_notice"), id="notice")
         yield VerticalScroll(id="log")
@@ -76,17 +85,29 @@ class ChatScreen(Screen[None]):
         yield Static(id="keys")
 
     def on_mount(self) -> None:
+        self.ctx.language_changed.subscribe(self, self._language_changed, immediate=True)
         self.apply_language()
-        draft, self.chat_app.draft = self.chat_app.draft, ""
-        if draft:  # typed before another model was chosen (F9): kept
-            self.query_one("#input", ChatInput).load_text(draft)
+        if self._draft:
+            self.query_one("#input", ChatInput).load_text(self._draft)
         self.query_one("#input").focus()
-        self.set_status(lambda: self.chat_app.tr("loading", name=self.build_name))
+        self.set_status(lambda: self.ctx.tr("loading", name=self.build_name))
+        if self._conversation is not None:
+            self.call_after_refresh(self.show_conversation, self._conversation)
+
+    def on_unmount(self) -> None:
+        """F9 (another build) or quitting: the answer in progress stops, the backend is closed."""
+        if self.generating:
+            self._cancel.set()
+        self.session.close()
 
     # ------------------------------------------------------------------ language
 
+    def _language_changed(self, lang: str) -> None:
+        self.session.set_language(lang)
+        self.apply_language()
+
     def apply_language(self) -> None:
-        tr = self.chat_app.tr
+        tr = self.ctx.tr
         self.set_class(tr.rtl, "rtl")
         title = Text(f"{tr('title')} · {clean_line(self.build_name)}")
         if self.unverified:
@@ -108,11 +129,11 @@ class ChatScreen(Screen[None]):
         self.query_one("#status", StatusLine).update(Text(self._status()))
 
     def stats_text(self, stats: StreamStats) -> str:
-        if self.chat_app.freeze_timings:
-            return self.chat_app.tr("stats", tps="–", ttft="–")
+        if self.ctx.settings.freeze_timings:
+            return self.ctx.tr("stats", tps="–", ttft="–")
         tps, ttft = stats.tokens_per_second, stats.ttft
-        return self.chat_app.tr("stats", tps="–" if tps is None else f"{tps:.1f}",
-                                ttft="–" if ttft is None else f"{ttft:.2f}")
+        return self.ctx.tr("stats", tps="–" if tps is None else f"{tps:.1f}",
+                           ttft="–" if ttft is None else f"{ttft:.2f}")
 
     # ------------------------------------------------------------------ model
 
@@ -122,54 +143,64 @@ class ChatScreen(Screen[None]):
             bar.remove()
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
-        self.backend = message.backend
-        if self.session is not None:
-            self.session.backend = message.backend
+        self.session.backend = message.backend
         if message.unverified:
             self.unverified = message.unverified
             self.apply_language()
-            self.notify(f"{self.chat_app.tr('unverified')}: {clean_line(message.unverified)}",
+            self.notify(f"{self.ctx.tr('unverified')}: {clean_line(message.unverified)}",
                         severity="warning", timeout=20, markup=False)
         self._drop_loading()
-        self.set_status(lambda: self.chat_app.tr("ready", name=self.build_name))
+        self.set_status(lambda: self.ctx.tr("ready", name=self.build_name))
 
     def on_model_failed(self, message: ModelFailed) -> None:
         self._drop_loading()
-        self.set_status(lambda: self.chat_app.tr("load_failed", error=message.error))
-        self.notify(self.chat_app.tr("load_failed", error=message.error), severity="error", timeout=20, markup=False)
+        self.set_status(lambda: self.ctx.tr("load_failed", error=message.error))
+        self.notify(self.ctx.tr("load_failed", error=message.error), severity="error", timeout=20, markup=False)
 
     # ------------------------------------------------------------------ conversation
 
-    def _new_session(self, conv_id: int | None = None) -> ChatSession:
-        app = self.chat_app
-        return ChatSession(self.backend, lang=app.lang, store=app.store, build=self.build_name,
-                           conv_id=conv_id, max_new_tokens=app.max_new_tokens,
-                           repetition_penalty=app.repetition_penalty)
+    def _new_session(self, backend: Any, conv_id: int | None) -> ChatSession:
+        ctx = self.ctx
+        return ChatSession(backend, lang=ctx.lang, store=ctx.store, build=self.build_name,
+                           conv_id=conv_id, max_new_tokens=ctx.settings.max_new_tokens,
+                           repetition_penalty=ctx.settings.repetition_penalty)
+
+    def _switch_session(self, conv_id: int | None) -> None:
+        """Another conversation (a saved one, or a new one) with the same backend."""
+        backend, self.session.backend = self.session.backend, None
+        self.session = self._new_session(backend, conv_id)
 
     def _log(self) -> VerticalScroll:
         return self.query_one("#log", VerticalScroll)
 
+    def on_open_conversation(self, message: OpenConversation) -> None:
+        self.show_conversation(message.conv_id)
+
     def show_conversation(self, conv_id: int) -> None:
         if self.generating:
-            self.notify(self.chat_app.tr("busy"), markup=False)
+            self.notify(self.ctx.tr("busy"), markup=False)
             return
-        self.session = self._new_session(conv_id)
-        if self.session.lang != self.chat_app.lang:
-            self.chat_app.set_language(self.session.lang)
+        self._switch_session(conv_id)
+        lang = self.session.lang
+        # The conversation's language becomes the interface's (the app switches it and the
+        # signal reaches this screen); its messages are shown in that language at once.
+        tr = self.ctx.tr if lang == self.ctx.lang else Translator(lang)
+        if lang != self.ctx.lang:
+            self.post_message(LanguageChosen(lang))
         log = self._log()
         log.remove_children()
         for turn in self.session.turns:
-            log.mount(MessageBox(turn.role, turn.content, self.session.lang, self.chat_app.tr,
+            log.mount(MessageBox(turn.role, turn.content, lang, tr,
                                  status=turn.status, note=str(turn.meta.get("error", ""))))
-            reminder = emergency_reminder(turn.content, self.session.lang) if turn.role == "user" else None
+            reminder = emergency_reminder(turn.content, lang) if turn.role == "user" else None
             if reminder:  # derived from the question, so it comes back with the conversation
-                log.mount(MessageBox("emergency", reminder, self.session.lang, self.chat_app.tr))
+                log.mount(MessageBox("emergency", reminder, lang, tr))
         log.scroll_end(animate=False)
 
     @on(ChatInput.Submitted)
     def ask(self, event: ChatInput.Submitted) -> None:
         text = event.text.strip()
-        tr = self.chat_app.tr
+        tr = self.ctx.tr
         if not text:
             return
         if self.generating:
@@ -180,9 +211,7 @@ class ChatScreen(Screen[None]):
                         severity="warning", markup=False)
             return
         self.query_one("#input", ChatInput).clear()
-        if self.session is None:
-            self.session = self._new_session()
-        lang = self.chat_app.lang
+        lang = self.ctx.lang
         self._log().mount(MessageBox("user", text, lang, tr))
         reminder = emergency_reminder(text, lang)
         if reminder:
@@ -192,14 +221,12 @@ class ChatScreen(Screen[None]):
         self._start_answer()
 
     def _start_answer(self) -> None:
-        assert self.session is not None
-        self._answer_box = MessageBox("assistant", "", self.chat_app.lang, self.chat_app.tr,
-                                      status="streaming")
+        self._answer_box = MessageBox("assistant", "", self.ctx.lang, self.ctx.tr, status="streaming")
         self._log().mount(self._answer_box)
         self._log().scroll_end(animate=False)
         self._cancel = threading.Event()
         self._set_generating(True)
-        self.set_status(lambda: self.chat_app.tr("waiting"))
+        self.set_status(lambda: self.ctx.tr("waiting"))
         self._generate(self.session, self._cancel)
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
@@ -245,17 +272,16 @@ class ChatScreen(Screen[None]):
             self._answer_box.set_content(message.text, message.status)
             self._log().scroll_end(animate=False)
         stats, status = message.stats, message.status
-        self.set_status(lambda: (self.chat_app.tr(status) + " " if status in ("stopped", "cut") else "")
+        self.set_status(lambda: (self.ctx.tr(status) + " " if status in ("stopped", "cut") else "")
                         + self.stats_text(stats))
 
     def on_stream_failed(self, message: StreamFailed) -> None:
         self._set_generating(False)
-        text = self.chat_app.tr("answer_failed", error=message.error)
+        text = self.ctx.tr("answer_failed", error=message.error)
         if message.crashed:  # the runtime is gone: say so in the user's language, keep everything else
             self.crashed = message.crashed
-            self.backend = None
-            self.chat_app.drop_backend()
-            text = self.chat_app.tr("runtime_crashed", reason=message.crashed)
+            self.session.close()
+            text = self.ctx.tr("runtime_crashed", reason=message.crashed)
         if self._answer_box is not None:
             self._answer_box.set_content(message.text, "error", text)
         self.set_status(text)
@@ -270,26 +296,25 @@ class ChatScreen(Screen[None]):
     def action_reload(self) -> None:
         """F8: load the same build again (after its runtime crashed, or at any time)."""
         if self.generating:
-            self.notify(self.chat_app.tr("busy"), markup=False)
+            self.notify(self.ctx.tr("busy"), markup=False)
             return
         self.crashed = None
-        self.backend = None
-        self.chat_app.drop_backend()
+        self.session.close()
         if not self.query("#loading"):
             self.mount(ProgressBar(total=None, show_eta=False, show_percentage=False, id="loading"),
                        before=self.query_one("#status"))
-        self.set_status(lambda: self.chat_app.tr("loading", name=self.build_name))
-        self.chat_app.reload_build(self)
+        self.set_status(lambda: self.ctx.tr("loading", name=self.build_name))
+        self.post_message(ReloadRequested())
 
     def action_regenerate(self) -> None:
-        tr = self.chat_app.tr
+        tr = self.ctx.tr
         if self.generating:
             self.notify(tr("busy"), markup=False)
             return
         if self.backend is None:
             self.notify(tr("not_ready"), severity="warning", markup=False)
             return
-        if self.session is None or not self.session.turns:
+        if not self.session.turns:
             self.notify(tr("nothing_yet"), markup=False)
             return
         if self.session.turns[-1].role == "assistant":
@@ -300,39 +325,33 @@ class ChatScreen(Screen[None]):
         self._start_answer()
 
     def action_copy(self) -> None:
-        last = self.session.last_answer() if self.session else None
+        last = self.session.last_answer()
         if last is None or not last.content:
-            self.notify(self.chat_app.tr("nothing_yet"), markup=False)
+            self.notify(self.ctx.tr("nothing_yet"), markup=False)
             return
         self.app.copy_to_clipboard(last.content)
-        self.notify(self.chat_app.tr("copied"), markup=False)
+        self.notify(self.ctx.tr("copied"), markup=False)
 
     def action_export(self) -> None:
-        from globmed_edge.tui.export import FORMATS, export_conversation
+        from globmed_edge.tui.export import export_all
 
-        app = self.chat_app
-        if self.session is None or self.session.conv_id is None or app.store is None:
-            self.notify(app.tr("nothing_yet"), markup=False)
+        conv, store = self.session.conv_id, self.ctx.store
+        if conv is None or store is None:
+            self.notify(self.ctx.tr("nothing_yet"), markup=False)
             return
-        paths = [export_conversation(app.store, self.session.conv_id, fmt, app.export_dir)
-                 for fmt in FORMATS]
-        app.last_exports = paths
-        self.notify(app.tr("exported", path=f"{paths[0].with_suffix('')}.{{md,json,html}}"),
-                    timeout=15, markup=False)
+        self.post_message(Exported(export_all(store, conv, self.ctx.settings.export_dir)))
 
     def action_new(self) -> None:
         if self.generating:
-            self.notify(self.chat_app.tr("busy"), markup=False)
+            self.notify(self.ctx.tr("busy"), markup=False)
             return
-        self.session = None
+        self._switch_session(None)
         self._log().remove_children()
-        self.notify(self.chat_app.tr("new_chat"), markup=False)
+        self.notify(self.ctx.tr("new_chat"), markup=False)
 
-    def action_help(self) -> None:
-        self.chat_app.action_show_help()
-
-    def action_history(self) -> None:
-        self.chat_app.action_show_history()
-
-    def action_language(self) -> None:
-        self.chat_app.action_choose_language()
+    def action_pick_build(self) -> None:
+        """F9: choose another build; the conversation and the typed text come along."""
+        if self.generating:
+            self.notify(self.ctx.tr("busy"), markup=False)
+            return
+        self.post_message(PickBuild(self.query_one("#input", ChatInput).text, self.session.conv_id))

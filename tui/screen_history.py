@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -12,9 +12,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static
 
 from globmed_edge.textsafe import clean_line
-
-if TYPE_CHECKING:
-    from globmed_edge.tui.app import ChatApp
+from globmed_edge.tui.context import ChatContext
+from globmed_edge.tui.messages import Exported
 
 
 class HistoryScreen(Screen[int | None]):
@@ -27,17 +26,14 @@ class HistoryScreen(Screen[int | None]):
         Binding("f8,delete", "delete", "Delete", priority=True),
     ]
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: ChatContext) -> None:
         super().__init__()
+        self.ctx = ctx
         self._confirm_delete: int | None = None
         self._renaming: int | None = None
 
-    @property
-    def chat_app(self) -> ChatApp:
-        return self.app  # type: ignore[return-value]
-
     def compose(self) -> ComposeResult:
-        tr = self.chat_app.tr
+        tr = self.ctx.tr
         yield Static(tr("history_title"), id="title")
         yield Input(placeholder=tr("search_placeholder"), id="search")
         yield DataTable(id="conversations", cursor_type="row")
@@ -45,7 +41,7 @@ class HistoryScreen(Screen[int | None]):
         yield Static(id="keys")
 
     def on_mount(self) -> None:
-        tr = self.chat_app.tr
+        tr = self.ctx.tr
         self.query_one("#rename").display = False
         keys = [("Enter", "key_open"), ("F2", "key_rename"), ("F3", "key_export"),
                 ("F8", "key_delete"), ("Esc", "key_close")]
@@ -56,7 +52,7 @@ class HistoryScreen(Screen[int | None]):
         self.query_one("#search").focus()
 
     def reload(self) -> None:
-        store = self.chat_app.store
+        store = self.ctx.store
         table = self.query_one(DataTable)
         table.clear()
         if store is None:
@@ -96,7 +92,7 @@ class HistoryScreen(Screen[int | None]):
 
     def action_rename(self) -> None:
         conv = self._selected()
-        store = self.chat_app.store
+        store = self.ctx.store
         if conv is None or store is None:
             return
         self._renaming = conv
@@ -107,7 +103,7 @@ class HistoryScreen(Screen[int | None]):
 
     @on(Input.Submitted, "#rename")
     def _do_rename(self, event: Input.Submitted) -> None:
-        store = self.chat_app.store
+        store = self.ctx.store
         if self._renaming is None or store is None or not event.value.strip():
             return
         store.rename(self._renaming, event.value)
@@ -115,14 +111,14 @@ class HistoryScreen(Screen[int | None]):
         event.input.display = False
         self.reload()
         self.query_one(DataTable).focus()
-        self.notify(self.chat_app.tr("renamed"), markup=False)
+        self.notify(self.ctx.tr("renamed"), markup=False)
 
     def action_delete(self) -> None:
         conv = self._selected()
-        store = self.chat_app.store
+        store = self.ctx.store
         if conv is None or store is None:
             return
-        tr = self.chat_app.tr
+        tr = self.ctx.tr
         if self._confirm_delete != conv:  # a second press deletes: no accidental loss
             self._confirm_delete = conv
             title = clean_line(store.get_conversation(conv).title)
@@ -134,13 +130,9 @@ class HistoryScreen(Screen[int | None]):
         self.notify(tr("deleted"), markup=False)
 
     def action_export(self) -> None:
-        from globmed_edge.tui.export import FORMATS, export_conversation
+        from globmed_edge.tui.export import export_all
 
-        conv = self._selected()
-        app = self.chat_app
-        if conv is None or app.store is None:
+        conv, store = self._selected(), self.ctx.store
+        if conv is None or store is None:
             return
-        paths = [export_conversation(app.store, conv, fmt, app.export_dir) for fmt in FORMATS]
-        app.last_exports = paths
-        self.notify(app.tr("exported", path=f"{paths[0].with_suffix('')}.{{md,json,html}}"),
-                    timeout=15, markup=False)
+        self.post_message(Exported(export_all(store, conv, self.ctx.settings.export_dir)))

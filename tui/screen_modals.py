@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -11,10 +11,8 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
+from globmed_edge.tui.context import ChatContext
 from globmed_edge.tui.i18n import INTERFACE_LANGUAGES, language_name
-
-if TYPE_CHECKING:
-    from globmed_edge.tui.app import ChatApp
 
 HELP_KEYS = [
     ("Enter", "key_send"), ("Ctrl+J", "key_newline"), ("Esc", "key_stop"),
@@ -29,8 +27,12 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,f1,enter,q", "dismiss", "Back", priority=True)]
 
+    def __init__(self, ctx: ChatContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
     def compose(self) -> ComposeResult:
-        tr = self.app.tr  # type: ignore[attr-defined]
+        tr = self.ctx.tr
         width = max(len(k) for k, _ in HELP_KEYS)
         lines = [f"[b]{k.ljust(width)}[/b]  {tr(v)}" for k, v in HELP_KEYS]
         with Vertical(id="dialog"):
@@ -44,17 +46,20 @@ class LanguageScreen(ModalScreen[str | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Back", priority=True)]
 
+    def __init__(self, ctx: ChatContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
     def compose(self) -> ComposeResult:
-        app: ChatApp = self.app  # type: ignore[assignment]
         with Vertical(id="dialog"):
-            yield Static(f"[b]{app.tr('language_title')}[/b]", classes="dialog-title")
+            yield Static(f"[b]{self.ctx.tr('language_title')}[/b]", classes="dialog-title")
             yield OptionList(*[Option(language_name(code), id=code) for code in INTERFACE_LANGUAGES],
                              id="languages")
 
     def on_mount(self) -> None:
-        app: ChatApp = self.app  # type: ignore[assignment]
+        lang = self.ctx.lang
         options = self.query_one(OptionList)
-        options.highlighted = INTERFACE_LANGUAGES.index(app.lang) if app.lang in INTERFACE_LANGUAGES else 0
+        options.highlighted = INTERFACE_LANGUAGES.index(lang) if lang in INTERFACE_LANGUAGES else 0
         options.focus()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

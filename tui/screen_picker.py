@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -10,10 +10,9 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from globmed_edge.tui.builds import BuildChoice, best_choice, free_memory, human_bytes
-
-if TYPE_CHECKING:
-    from globmed_edge.tui.app import ChatApp
+from globmed_edge.tui.builds import BuildChoice, best_choice, human_bytes
+from globmed_edge.tui.context import ChatContext
+from globmed_edge.tui.messages import BuildChosen, OpenConversation
 
 
 def _clip(text: str, width: int) -> str:
@@ -37,17 +36,16 @@ class PickerScreen(Screen[None]):
         Binding("escape", "app.quit", "Quit"),
     ]
 
-    def __init__(self, choices: list[BuildChoice], free: int | None = None) -> None:
+    def __init__(self, ctx: ChatContext, choices: list[BuildChoice], free: int, *,
+                 conversation: int | None = None) -> None:
         super().__init__()
+        self.ctx = ctx
         self.choices = choices
-        self.free = free_memory() if free is None else free
+        self.free = free
+        self.conversation = conversation  # the saved conversation to continue with the build chosen
         self._confirm: int | None = None  # row waiting for a second Enter (RAM warning)
         best = best_choice(choices, self.free)  # the same rule as `chat --prompt` without BUILD
         self.recommended = next((i for i, c in enumerate(choices) if c is best), None)
-
-    @property
-    def chat_app(self) -> ChatApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -57,11 +55,12 @@ class PickerScreen(Screen[None]):
         yield Static(id="hint")
 
     def on_mount(self) -> None:
+        self.ctx.language_changed.subscribe(self, lambda _lang: self.apply_language(), immediate=True)
         self.apply_language()
         self.query_one(DataTable).focus()
 
     def apply_language(self) -> None:
-        tr = self.chat_app.tr
+        tr = self.ctx.tr
         self.query_one("#title", Static).update(f"{tr('title')} · {tr('pick_title')}")
         self.query_one("#notice", Static).update("⚕ " + tr("safety_notice"))
         hint = tr("pick_hint") if self.choices else tr("no_builds")
@@ -85,21 +84,21 @@ class PickerScreen(Screen[None]):
 
     def _last_build(self) -> int | None:
         """The row of the build opened last time (remembered in the history file), if listed."""
-        store = self.chat_app.store
+        store = self.ctx.store
         last = store.get_setting("last_build") if store is not None else None
         return next((i for i, c in enumerate(self.choices) if last and str(c.path) == last), None)
 
-    def continue_conversation(self, conv: int) -> None:
+    def on_open_conversation(self, message: OpenConversation) -> None:
         """F2 in the picker chose a saved conversation: open it with the build it was held with
         when that build is listed here, else keep the picker up to choose one for it."""
-        app = self.chat_app
-        app.initial_conversation = conv
-        name = app.store.get_conversation(conv).build if app.store is not None else ""
+        conv = self.conversation = message.conv_id
+        store = self.ctx.store
+        name = store.get_conversation(conv).build if store is not None else ""
         match = next((c for c in self.choices if c.name == name and not c.problem), None)
         if match is not None:
-            app.open_build(match.path, match.name)
+            self.post_message(BuildChosen(match.path, match.name, conv))
         else:
-            self.notify(app.tr("history_pick_build"), markup=False)
+            self.notify(self.ctx.tr("history_pick_build"), markup=False)
 
     def _show_details(self, index: int) -> None:
         if not self.choices:
@@ -112,11 +111,11 @@ class PickerScreen(Screen[None]):
         text = (f"{star}{c.name} · {c.format} {c.quantization}{' · ' + parity if parity else ''} · "
                 f"{c.languages}\n{c.path}")
         if index == self.recommended:
-            text += f"\n★ {self.chat_app.tr('recommended')}"
+            text += f"\n★ {self.ctx.tr('recommended')}"
         if c.problem:
             text += f"\n⚠ {c.problem}"
         elif c.expected_memory > self.free:
-            text += f"\n⚠ {self.chat_app.tr('ram_warning', name=c.name, need=human_bytes(c.expected_memory), free=human_bytes(self.free))}"
+            text += f"\n⚠ {self.ctx.tr('ram_warning', name=c.name, need=human_bytes(c.expected_memory), free=human_bytes(self.free))}"
         self.query_one("#details", Static).update(Text(text))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -126,7 +125,7 @@ class PickerScreen(Screen[None]):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         index = int(str(event.row_key.value))
         choice = self.choices[index]
-        tr = self.chat_app.tr
+        tr = self.ctx.tr
         if choice.problem:
             self.notify(tr("load_failed", error=choice.problem), severity="error", timeout=15, markup=False)
             return
@@ -135,4 +134,4 @@ class PickerScreen(Screen[None]):
             self.notify(tr("ram_warning", name=choice.name, need=human_bytes(choice.expected_memory),
                            free=human_bytes(self.free)), severity="warning", timeout=15, markup=False)
             return
-        self.chat_app.open_build(choice.path, choice.name)
+        self.post_message(BuildChosen(choice.path, choice.name, self.conversation))

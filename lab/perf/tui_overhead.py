@@ -2,7 +2,7 @@
 
 Measures, in one process and with the runs interleaved (direct, TUI, direct, TUI, ...):
 
-* time to first paint and time to model ready of the app (`ChatApp.run_test`, headless);
+* time to first paint and time to model ready of the app (`make_app(...).run_test`, headless);
 * time to first token and decode tokens/s of the same greedy request, through the app (its
   worker thread, and for llama.cpp/onnx builds the runtime's child process) and directly through
   an in-process `backend.stream` (same system prompt, question and token budget), the direct
@@ -66,12 +66,12 @@ def direct_run(backend, tokens: int) -> tuple[float, float, int]:
 async def tui_run(build: Path, tokens: int, db: Path, keys: bool) -> dict[str, float]:
     from textual import events
 
-    from globmed_edge.tui.app import ChatApp
+    from globmed_edge.tui.app import make_app
     from globmed_edge.tui.store import ChatStore
     from globmed_edge.tui.widgets import ChatInput, MessageBox
 
     store = ChatStore(db)
-    app = ChatApp(build, store=store, max_new_tokens=tokens)
+    app = make_app(build, store=store, max_new_tokens=tokens)
     out: dict[str, float] = {}
     async with app.run_test(size=(80, 24)) as pilot:
         while app.first_paint is None:
@@ -108,9 +108,7 @@ async def tui_run(build: Path, tokens: int, db: Path, keys: bool) -> dict[str, f
             out["key_latency_ms"] = 1000 * statistics.median(latencies) if latencies else float("nan")
         meta = store.messages(store.list_conversations()[0].id)[-1].meta
         out["ttft_s"], out["decode_tps"], out["tokens"] = meta["ttft_s"], meta["tokens_per_s"], meta["tokens"]
-    store.close()
-    if app.backend is not None:
-        app.backend.close()
+    store.close()  # the backend was closed with the chat screen, when the app ended
     return out
 
 
