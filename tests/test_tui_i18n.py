@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from globmed_edge import langpacks
 from globmed_edge.errors import ConfigError
 from globmed_edge.languages import lookup
 from globmed_edge.tui import i18n
 from globmed_edge.tui.safety import CATEGORIES, RED_FLAGS, emergency_reminder, find_red_flags
 
 TUI = Path(i18n.__file__).resolve().parent
+PACKS = langpacks.BUILTIN_DIR  # one file per language; the interface strings are its "interface"
 REQUIRED = ["en", "zh", "ja", "ko", "fr", "es", "de", "pt", "ru", "ar", "hi", "it",
             "sw", "yo", "ha", "am", "zu"]
 
@@ -26,7 +28,7 @@ def test_required_locales_exist():
 @pytest.mark.parametrize("code", REQUIRED)
 def test_locale_has_every_key_with_matching_placeholders(code):
     en = i18n.load_locale("en")
-    loc = json.loads((TUI / "locales" / f"{code}.json").read_text(encoding="utf-8"))
+    loc = json.loads((PACKS / f"{code}.json").read_text(encoding="utf-8"))["interface"]["strings"]
     assert set(loc) == set(en), f"{code}: missing {set(en) - set(loc)}, extra {set(loc) - set(en)}"
     for key, text in loc.items():
         assert text.strip(), f"{code}.{key} is empty"

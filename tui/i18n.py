@@ -1,54 +1,56 @@
-"""Interface strings and reply-language system prompts, one JSON file per locale.
+"""Interface strings and reply-language system prompts, from the language packs.
 
-`tui/locales/<code>.json` maps keys to strings with `str.format` placeholders. English is the
-reference: every other locale must have the same keys and the same placeholders (a test checks),
-and a key missing at run time falls back to English rather than showing nothing.
-The `system_prompt` key is the short per-language system prompt that asks the model to reply in
-that language (kept short because prefill is slow on weak CPUs).
+A language's `interface` section in `edge/langpacks/<code>.json` (see `globmed_edge.langpacks`)
+maps keys to strings with `str.format` placeholders, and holds its `system_prompt`: the short
+per-language system prompt that asks the model to reply in that language (kept short because
+prefill is slow on weak CPUs). English is the reference: every other packaged language must have
+the same keys and the same placeholders (a test checks), and a key missing at run time falls back
+to English rather than showing nothing. Languages whose pack has no interface section are shown
+in English.
 """
 
 from __future__ import annotations
 
-import json
 import string
-from functools import cache
-from pathlib import Path
 
+from globmed_edge import langpacks
 from globmed_edge.errors import ConfigError
 
-LOCALES_DIR = Path(__file__).with_name("locales")
 FALLBACK = "en"
 
+
+def interface_languages() -> tuple[str, ...]:
+    """The interface languages, in menu order (each pack's `interface.order`, then by code)."""
+    return langpacks.load().interface_languages
+
+
 #: The interface languages, in menu order: the 12 GlobMed-style ones, then low-resource ones.
-INTERFACE_LANGUAGES: tuple[str, ...] = (
-    "en", "zh", "ja", "ko", "fr", "es", "de", "pt", "ru", "ar", "hi", "it",
-    "sw", "yo", "ha", "am", "zu",
-)
+#: A live view of the packs, so a pack added through $GLOBMED_EDGE_LANGPACKS is in the menu.
+INTERFACE_LANGUAGES: langpacks.LiveTuple[str] = langpacks.LiveTuple(interface_languages)
 
 
-@cache
-def load_locale(code: str) -> dict[str, str]:
-    path = LOCALES_DIR / f"{code}.json"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no interface strings for language {code!r} "
+def _interface(code: str) -> langpacks.Interface:
+    pack = langpacks.get(code)
+    if pack is None or pack.interface is None:
+        where = pack.path if pack is not None else langpacks.BUILTIN_DIR / f"{code}.json"
+        raise ConfigError(f"{where}: no interface strings for language {code!r} "
                           f"(available: {', '.join(available())})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ConfigError(f"{path}: invalid JSON ({exc})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ConfigError(f"{path}: must be a JSON object of strings")
-    return data
+    return pack.interface
+
+
+def load_locale(code: str) -> dict[str, str]:
+    """The interface strings of `code` (a copy: callers may change it)."""
+    return dict(_interface(code).strings)
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in LOCALES_DIR.glob("*.json"))
+    return sorted(interface_languages())
 
 
 def normalize(code: str) -> str:
-    """`pt-BR` -> `pt`; unknown codes -> English."""
+    """`pt-BR` -> `pt`; unknown codes and languages without interface strings -> English."""
     base = code.split("-")[0].split("_")[0].lower()
-    return base if (LOCALES_DIR / f"{base}.json").is_file() else FALLBACK
+    return base if base in interface_languages() else FALLBACK
 
 
 def placeholders(text: str) -> set[str]:
@@ -66,7 +68,8 @@ class Translator:
     def __call__(self, key: str, **values: object) -> str:
         text = self._strings.get(key) or self._fallback.get(key)
         if text is None:
-            raise ConfigError(f"{LOCALES_DIR / (FALLBACK + '.json')}: no interface string {key!r}")
+            en = langpacks.get(FALLBACK)
+            raise ConfigError(f"{en.path if en else FALLBACK}: no interface string {key!r}")
         try:
             return text.format(**values) if values or placeholders(text) else text
         except (KeyError, IndexError, ValueError):
@@ -85,7 +88,7 @@ class Translator:
 
 def system_prompt(lang: str) -> str:
     """The short system prompt asking the model to answer in `lang`."""
-    return Translator(lang)("system_prompt")
+    return _interface(normalize(lang)).system_prompt
 
 
 def language_name(code: str) -> str:

@@ -5,7 +5,8 @@ reply is read by `extract_answer`, which accepts the shapes models actually prod
 languages and scripts, in this order:
 
 1. an answer marker followed by a letter: "Answer: B", "The answer is (B)", "Réponse : B",
-   "答案：B", "答案是B", "正解はB", "الإجابة: ب", "उत्तर: B", "Ответ: B", "Jibu: B", "תשובה: B";
+   "答案：B", "答案是B", "正解はB", "الإجابة: ب", "उत्तर: B", "Ответ: B", "Jibu: B", "תשובה: B"
+   (the markers are every language pack's `answer_markers`, edge/langpacks/<code>.json);
 2. a reply that starts with the letter: "B", "B.", "(B)", "B)", "**B**";
 3. a lone "(B)" anywhere;
 4. exactly one option's text contained in the reply.
@@ -20,25 +21,32 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
+from functools import cache
 
+from globmed_edge import langpacks
 from globmed_edge.backends.base import Message
 from globmed_edge.data.schema import MCQItem
 from globmed_edge.mcq.prompts import render_question
 
 INSTRUCTION = "Reply with the letter of the correct option only."
-MARKERS = (
-    r"(?:the\s+)?(?:correct\s+)?answer(?:\s+is)?", r"réponse(?:\s+correcte)?(?:\s+est)?",
-    r"respuesta(?:\s+correcta)?(?:\s+es)?", r"resposta(?:\s+correta)?(?:\s+é)?", r"antwort(?:\s+ist)?",
-    r"risposta(?:\s+corretta)?(?:\s+è)?", r"ответ", r"jibu", r"idahun", r"amsa", r"impendulo", r"karabo",
-    r"答案(?:是|为|為)?", r"答(?:是)?", r"正解(?:は)?", r"回答(?:は)?", r"答え(?:は)?", r"정답(?:은)?",
-    r"उत्तर", r"الإجابة(?:\s+الصحيحة)?(?:\s+هي)?", r"الجواب(?:\s+الصحيح)?(?:\s+هو)?", r"תשובה", r"መልስ",
-    r"选(?:择)?", r"選(?:択)?",
-)
 ARABIC_LETTERS = {"أ": "A", "ا": "A", "ب": "B", "ج": "C", "د": "D", "ه": "E", "هـ": "E"}
-_MARKER_RE = re.compile(
-    r"(?:" + "|".join(MARKERS) + r")\s*[:：\-–]?\s*(?:is\s+|est\s+|es\s+|:\s*)?[\(\[\*\"'«]*\s*"
-    r"(?P<letter>(?-i:[A-Z])|هـ|[أابجده])(?![A-Za-z\u0600-\u06FF])",
-    re.IGNORECASE)
+
+
+def _marker_re() -> re.Pattern[str]:
+    """Any language pack's answer marker (`answer_markers`), then a letter."""
+    return _compile_markers(langpacks.load().answer_markers)
+
+
+@cache
+def _compile_markers(markers: tuple[str, ...]) -> re.Pattern[str]:
+    if not markers:  # "(?:)" would take any capital letter for an answer
+        return re.compile(r"(?!)")
+    return re.compile(
+        r"(?:" + "|".join(markers) + r")\s*[:：\-–]?\s*(?:is\s+|est\s+|es\s+|:\s*)?[\(\[\*\"'«]*\s*"
+        r"(?P<letter>(?-i:[A-Z])|هـ|[أابجده])(?![A-Za-z\u0600-\u06FF])",
+        re.IGNORECASE)
+
+
 _LEADING_RE = re.compile(r"^[\s\*\(\[\"'«]*(?P<letter>[A-Z])(?:\s*[\)\]\.:\*\"'»]|\s*$)")
 _PAREN_RE = re.compile(r"\((?P<letter>[A-Z])\)")
 
@@ -55,7 +63,7 @@ def extract_answer(reply: str, options: Sequence[str] | dict[str, str]) -> str |
     """The option letter a reply chooses, or None when it cannot be told."""
     letters = list(options)
     text = _norm(reply).strip()
-    for m in _MARKER_RE.finditer(text):
+    for m in _marker_re().finditer(text):
         raw = m.group("letter")
         letter = ARABIC_LETTERS.get(raw, raw)
         if letter in letters:
