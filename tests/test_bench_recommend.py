@@ -238,9 +238,9 @@ def test_degenerate_answers_are_flagged_against_the_gold() -> None:
     gold = gold_of(20, "en")
     spread = answer_spread(acc("x", "en", gold, "A" * 19 + "B"))
     assert spread is not None and spread.degenerate and spread.top_letter == "A" and spread.top_share == 0.95
-    assert not answer_spread(acc("x", "en", gold, gold)).degenerate  # type: ignore[union-attr]
+    assert not answer_spread(acc("x", "en", gold, gold)).degenerate
     all_a = "A" * 20  # gold that is itself one letter: answering it is not degenerate
-    assert not answer_spread(acc("x", "en", all_a, all_a)).degenerate  # type: ignore[union-attr]
+    assert not answer_spread(acc("x", "en", all_a, all_a)).degenerate
 
 
 def test_compare_rejects_different_items_and_bad_arguments() -> None:

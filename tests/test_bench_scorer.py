@@ -16,8 +16,8 @@ from globmed_edge.mcq.scorer import ItemScore, accuracy_by_lang, score_mcq, soft
 
 def item(i: int, lang: str = "en", split: str = "test", answer: str = "B", **kw: object) -> MCQItem:
     opts = kw.pop("options", {"A": f"alpha {i}", "B": f"beta {i}", "C": f"gamma {i}", "D": f"delta {i}"})
-    return MCQItem(f"t-{split}-{i}", "t", lang, split, kw.pop("question", f"Question number {i}?"),  # type: ignore[arg-type]
-                   opts, answer)  # type: ignore[arg-type]
+    return MCQItem(f"t-{split}-{i}", "t", lang, split, kw.pop("question", f"Question number {i}?"),
+                   opts, answer)
 
 
 # ------------------------------------------------------------------ prompts

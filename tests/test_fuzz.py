@@ -127,7 +127,7 @@ def _build(root: Path) -> Path:
 def bad_manifest(draw: st.DrawFn) -> str:
     from globmed_edge.manifest import _TYPES, _is
 
-    data = {"schema_version": 1, "name": "b", "format": "gguf", "quantization": "q8_0", "bits_per_weight": 8.5,
+    data: dict[str, Any] = {"schema_version": 1, "name": "b", "format": "gguf", "quantization": "q8_0", "bits_per_weight": 8.5,
             "files": [{"path": "model.gguf", "size": 68, "sha256": "0" * 64}], "source": {"id": "x"}}
     kind = draw(st.sampled_from(["retype", "path", "size", "digest", "entry", "unknown", "missing", "raw",
                                  "format", "version"]))

@@ -64,7 +64,7 @@ class LoopingBackend:
 
 def _answer(tmp_path: Path, **kw: float) -> tuple[ChatSession, ChatStore]:
     store = ChatStore(tmp_path / "h.sqlite3")
-    s = ChatSession(LoopingBackend(), store=store, lang="fr", max_new_tokens=40, **kw)  # type: ignore[arg-type]
+    s = ChatSession(LoopingBackend(), store=store, lang="fr", max_new_tokens=40, **kw)
     s.add_question("Mon enfant a la diarrhée, que faire ?")
     list(s.stream_answer())
     return s, store

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,7 +122,7 @@ def test_load_splits_reads_files_and_hashes_them(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- labels on assistant turns only
 
 
-def _tok(path: Path):  # type: ignore[no-untyped-def]
+def _tok(path: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)

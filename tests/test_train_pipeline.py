@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -55,10 +56,10 @@ def test_default_model_merged_output_loads_and_generates(default_model: Path, me
 
     from globmed_edge.train.recipe import STATE_FILE
 
-    tok = AutoTokenizer.from_pretrained(merged_default)
+    tok: Any = AutoTokenizer.from_pretrained(merged_default)
     assert tok.chat_template == AutoTokenizer.from_pretrained(default_model).chat_template
-    model = AutoModelForCausalLM.from_pretrained(merged_default, dtype=torch.float32)
-    inputs = tok.apply_chat_template([{"role": "user", "content": "What is malaria?"}],
+    model: Any = AutoModelForCausalLM.from_pretrained(merged_default, dtype=torch.float32)
+    inputs: Any = tok.apply_chat_template([{"role": "user", "content": "What is malaria?"}],
                                      add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()

@@ -22,7 +22,7 @@ LANGS = ("en", "sw", "zu")
 def train_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small dataset in the project schema: MCQ items in 3 languages (train + dev) and chats."""
     d = tmp_path_factory.mktemp("train-data")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for lang in LANGS:
         n = {"en": 12, "sw": 6, "zu": 4}[lang]
         for split, count in (("train", n), ("dev", 2), ("test", 2)):
@@ -101,8 +101,8 @@ def test_smoke_train_learns_and_merges(tiny_model: Path, train_data: Path, tmp_p
     assert card["libraries"]["trl"] and card["metrics"]["train_loss_last"] == res.losses[-1]
     assert not list(tmp_path.glob("run/.*partial"))  # atomic: no temporary folder left
 
-    model = AutoModelForCausalLM.from_pretrained(res.merged_dir)
-    prompt = merged_tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+    model: Any = AutoModelForCausalLM.from_pretrained(res.merged_dir)
+    prompt: Any = merged_tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)
     out = model.generate(**prompt, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > prompt["input_ids"].shape[1]
@@ -115,7 +115,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_model: Path, trai
 
     from globmed_edge.train.recipe import run
 
-    class Recorder(TrainerCallback):  # type: ignore[misc]
+    class Recorder(TrainerCallback):
         """Records the token ids of every training forward pass (the data order)."""
 
         def __init__(self) -> None:
@@ -128,7 +128,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_model: Path, trai
 
             model.register_forward_pre_hook(hook, with_kwargs=True)
 
-    class StopAt(TrainerCallback):  # type: ignore[misc]
+    class StopAt(TrainerCallback):
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.global_step == 3:
                 raise KeyboardInterrupt
