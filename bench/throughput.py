@@ -44,9 +44,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from globmed_edge.errors import BackendError
+
+if TYPE_CHECKING:
+    from globmed_edge.backends.base import Backend, GenerationRequest
 
 CLINIC_SYSTEM_PROMPT = (
     "You are a careful medical assistant supporting health workers in a rural clinic with no "
@@ -94,7 +97,7 @@ def _json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def kv_shape(path: str | Path, backend: Any = None) -> dict[str, Any]:
+def kv_shape(path: str | Path, backend: Backend | None = None) -> dict[str, Any]:
     """KV-cache bytes per token, the chat's context length and whether the runtime allocates the
     whole cache at load, from the build's own files (config.json, genai_config.json, GGUF
     metadata) and, when given, the loaded backend; {} when the shape cannot be read."""
@@ -127,10 +130,11 @@ def kv_shape(path: str | Path, backend: Any = None) -> dict[str, Any]:
         except (KeyError, TypeError, ValueError):
             return {}
         itemsize = 4  # onnxruntime-genai's CPU builds keep a float32 cache
-        if getattr(backend, "_kv_dtype", None) is not None:
+        kv_dtype = getattr(backend, "_kv_dtype", None)
+        if kv_dtype is not None:
             import numpy as np
 
-            itemsize = int(np.dtype(backend._kv_dtype).itemsize)
+            itemsize = int(np.dtype(kv_dtype).itemsize)
         ctx = int(getattr(backend, "_context", 0) or model.get("context_length") or 2048)
         vocab = int(model.get("vocab_size") or 0)
         # the genai graph returns float32 logits for every position of the block it is fed
@@ -174,7 +178,7 @@ def _gguf_metadata(path: Path) -> dict[str, Any]:
     return out
 
 
-def _peak(backend: Any) -> int:
+def _peak(backend: Backend) -> int:
     from globmed_edge.backends.base import own_peak_rss
 
     own = own_peak_rss()
@@ -205,7 +209,7 @@ def _sample() -> tuple[float, float, float]:
     return time.perf_counter(), busy, own
 
 
-def long_conversation(backend: Any, context: int, new_tokens: int) -> Any:
+def long_conversation(backend: Backend, context: int, new_tokens: int) -> GenerationRequest:
     """A chat request whose rendered prompt nearly fills `context` tokens: earlier turns of
     questions and answers, then the typical question, leaving room for `new_tokens`."""
     from globmed_edge.backends.base import GenerationRequest, Message
@@ -225,27 +229,21 @@ def long_conversation(backend: Any, context: int, new_tokens: int) -> Any:
     return GenerationRequest(messages=(*turns, question), max_new_tokens=new_tokens)
 
 
-def _one(backend: Any, new_tokens: int) -> dict[str, float]:
+def _one(backend: Backend, new_tokens: int) -> dict[str, float]:
     from globmed_edge.backends.base import GenerationRequest
+    from globmed_edge.backends.timing import StreamTiming
 
     req = GenerationRequest.from_text(TYPICAL_QUESTION, system=CLINIC_SYSTEM_PROMPT, max_new_tokens=new_tokens)
     reset = getattr(backend, "reset_cache", None)
     if reset is not None:  # a backend that keeps its KV cache between calls must prefill anew
         reset()
-    start = time.perf_counter()
-    times: list[float] = []
-    prompt_tokens = 0
-    for ev in backend.stream(req):
-        times.append(ev.time)
-        if ev.prompt_tokens:
-            prompt_tokens = ev.prompt_tokens
-    if not times:
+    timing = StreamTiming.of(time.perf_counter(), backend.stream(req))
+    if timing.ttft_s is None:
         raise BackendError(f"{backend.path}: generated no tokens")
-    ttft = times[0] - start
-    decode = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
-    return {"ttft_s": ttft, "prompt_tokens": float(prompt_tokens), "new_tokens": float(len(times)),
+    ttft, prompt_tokens, decode = timing.ttft_s, timing.prompt_tokens or 0, timing.decode_tokens_per_s
+    return {"ttft_s": ttft, "prompt_tokens": float(prompt_tokens), "new_tokens": float(timing.tokens),
             "prefill_tokens_per_s": prompt_tokens / ttft if ttft > 0 else float("nan"),
-            "decode_tokens_per_s": decode}
+            "decode_tokens_per_s": float("nan") if decode is None else decode}
 
 
 def run_in_this_process(spec: ThroughputSpec) -> dict[str, Any]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-BackendFactory = Callable[[Path], Any]
+if TYPE_CHECKING:
+    from globmed_edge.backends.base import Backend
+
+BackendFactory = Callable[[Path], "Backend"]
 
 
 def resolve_build(arg: str | Path) -> Path:
@@ -16,9 +19,12 @@ def resolve_build(arg: str | Path) -> Path:
     return resolve_model(arg)
 
 
-def default_factory(path: Path, threads: int | str | None = None) -> Any:
+def default_factory(path: Path, threads: int | str | None = None) -> Backend:
     """Apply the manifest rule (a build is re-hashed against manifest.json; a build without a
-    valid one is refused unless `--unverified` named it), then construct its backend.
+    valid one is refused unless `--unverified` named it), then construct its backend. The
+    backend's `load()` applies the rule again, to files this process already hashed: it reuses
+    that result (globmed_edge.trust's memo, also handed to a runtime child), so a build is
+    hashed once.
 
     llama.cpp and onnxruntime builds are served from a child process (backends/isolated.py), so
     that a native crash costs the answer in progress and the app says so (RuntimeCrash).
@@ -33,7 +39,9 @@ def default_factory(path: Path, threads: int | str | None = None) -> Any:
     # native runtimes run in a child process: a crash there ends the answer, not the app
     if threads is None and detect_format(path) == "gguf":
         threads = "auto"
-    return open_backend(path, isolate="native", **({"threads": threads} if threads is not None else {}))
+    if threads is None:
+        return open_backend(path, isolate="native")
+    return open_backend(path, isolate="native", threads=threads)
 
 
 def threads_factory(threads: int | str | None) -> BackendFactory:
@@ -41,7 +49,7 @@ def threads_factory(threads: int | str | None) -> BackendFactory:
     return lambda path: default_factory(path, threads)
 
 
-def load_backend(path: Path, factory: BackendFactory | None = None) -> Any:
+def load_backend(path: Path, factory: BackendFactory | None = None) -> Backend:
     backend = (factory or default_factory)(path)
     backend.load()
     return backend

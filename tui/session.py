@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from globmed_edge.backends.base import GenerationRequest, Message, TokenEvent
+from globmed_edge.backends.base import Backend, GenerationRequest, Message
+from globmed_edge.backends.common import loaded
+from globmed_edge.backends.timing import StreamTiming
 from globmed_edge.tui.i18n import normalize, system_prompt
 from globmed_edge.tui.store import ChatStore
 from globmed_edge.tui.textlang import detect_language, detect_script
@@ -54,36 +56,19 @@ class Turn:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class StreamStats:
-    """Timings of one answer. `ttft` is from the request to the first token."""
-
-    started: float
-    first: float | None = None
-    last: float | None = None
-    tokens: int = 0
-    prompt_tokens: int | None = None
-
-    def add(self, ev: TokenEvent, now: float) -> None:
-        if ev.prompt_tokens is not None:
-            self.prompt_tokens = ev.prompt_tokens
-        if ev.finish_reason is not None and not ev.text and ev.token_id is None:
-            return  # a bare "cancelled" marker is not a token
-        self.tokens += 1
-        if self.first is None:
-            self.first = now
-        self.last = now
+@dataclass(frozen=True)
+class StreamStats(StreamTiming):
+    """Timings of one answer (the one timing type, backends/timing.py), under the names the
+    chat screens read. `ttft` is from the request to the first token."""
 
     @property
     def ttft(self) -> float | None:
-        return None if self.first is None else self.first - self.started
+        return self.ttft_s
 
     @property
     def tokens_per_second(self) -> float | None:
         """Decode speed: tokens after the first over the time since the first."""
-        if self.first is None or self.last is None or self.tokens < 2 or self.last <= self.first:
-            return None
-        return (self.tokens - 1) / (self.last - self.first)
+        return self.decode_tokens_per_s
 
     def as_meta(self) -> dict[str, Any]:
         tps = self.tokens_per_second
@@ -93,11 +78,11 @@ class StreamStats:
 
 
 class ChatSession:
-    def __init__(self, backend: Any, *, lang: str = "en", store: ChatStore | None = None,
+    def __init__(self, backend: Backend | None, *, lang: str = "en", store: ChatStore | None = None,
                  build: str = "", conv_id: int | None = None, max_new_tokens: int = 256,
                  temperature: float = 0.0, title: str | None = None,
                  repetition_penalty: float = DEFAULT_REPETITION_PENALTY) -> None:
-        self.backend = backend
+        self.backend: Backend | None = backend  # None while a model loads
         self.lang = normalize(lang)
         self.store = store
         self.build = build
@@ -154,13 +139,6 @@ class ChatSession:
     def last_answer(self) -> Turn | None:
         return next((t for t in reversed(self.turns) if t.role == "assistant"), None)
 
-    def close(self) -> None:
-        """Close the backend (a crashed runtime's child is reaped); the conversation stays, and a
-        backend loaded again is set as `backend`. The session is the only holder of its backend."""
-        backend, self.backend = self.backend, None
-        if backend is not None:
-            backend.close()
-
     def drop_last_answer(self) -> None:
         """Forget the last answer (for regenerate); the question stays."""
         if self.turns and self.turns[-1].role == "assistant":
@@ -189,8 +167,8 @@ class ChatSession:
         saved_at, saved_tokens = time.monotonic(), 0
         status = "complete"
         try:
-            for ev in self.backend.stream(req, cancel=cancel):
-                stats.add(ev, time.perf_counter())
+            for ev in loaded(self.backend).stream(req, cancel=cancel):
+                stats = stats.add(ev, time.perf_counter())
                 if ev.text:
                     parts.append(ev.text)
                     turn.content = "".join(parts)

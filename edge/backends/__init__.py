@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from globmed_edge.registry import LazyRegistry
+
+if TYPE_CHECKING:
+    from globmed_edge.backends.base import Backend
 
 BACKENDS = LazyRegistry(
     "backend",
@@ -26,7 +29,7 @@ NATIVE = frozenset({"llamacpp", "onnx"})
 
 
 def open_backend(path: str | Path, backend: str | None = None, *, isolate: bool | str = False,
-                 **options: Any) -> Any:
+                 **options: Any) -> Backend:
     """Construct (not load) the backend for a build or HF model folder.
 
     `isolate=True` runs it in a child process (`isolated.IsolatedBackend`), so that a native
@@ -43,7 +46,7 @@ def open_backend(path: str | Path, backend: str | None = None, *, isolate: bool 
         isolate = backend in NATIVE
     elif not isinstance(isolate, bool):
         raise ValueError(f"isolate={isolate!r}: True, False or 'native'")
-    real = cls(path, **options)  # cheap: checks the options here, loads nothing
+    real: Backend = cls(path, **options)  # cheap: checks the options here, loads nothing
     if isolate:
         from globmed_edge.backends.isolated import IsolatedBackend
 

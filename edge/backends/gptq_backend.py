@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from globmed_edge.backends.base import Capabilities
-from globmed_edge.backends.transformers_backend import TransformersBackend
+from globmed_edge.backends.base import Backend, Capabilities
+from globmed_edge.backends.common import verify_build
+from globmed_edge.backends.transformers_backend import TransformersBackend, model_eos_ids
 from globmed_edge.deps import require
 from globmed_edge.errors import BackendError, ModelError
 from globmed_edge.paths import force_offline
@@ -31,12 +32,8 @@ class GPTQBackend(TransformersBackend):
 
     def load(self) -> None:
         force_offline()
-        from globmed_edge.trust import check_model
-
-        self.verification = check_model(self.path, verify=self.verify)
+        self.verification = verify_build(self.path, "gptq", verify=self.verify)
         self.manifest = self.verification.manifest
-        if self.manifest is not None and self.manifest.format != "gptq":
-            raise ModelError(f"{self.path}: manifest format is {self.manifest.format!r}, not 'gptq'")
         self.quantize_config = read_quantize_config(self.path)
         torch = require("torch", "torch")
         transformers = require("transformers", "torch")
@@ -57,10 +54,7 @@ class GPTQBackend(TransformersBackend):
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(f"{self.path}: cannot load GPTQ build ({str(exc).splitlines()[0][:200]})") from None
         self.model.eval()
-        eos = self.model.generation_config.eos_token_id
-        self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            self._eos_ids.add(self.tokenizer.eos_token_id)
+        self._eos_ids = model_eos_ids(self.model, self.tokenizer)
 
 
 def read_quantize_config(path: Path) -> dict[str, Any]:
@@ -77,3 +71,7 @@ def read_quantize_config(path: Path) -> dict[str, Any]:
         if isinstance(cfg, dict) and str(cfg.get("quant_method", cfg.get("method", ""))).lower() == "gptq":
             return cfg
     raise ModelError(f"{path}: not a GPTQ build (no GPTQ quantize_config.json or quantization_config)")
+
+
+if TYPE_CHECKING:  # mypy checks the class against the protocol, structurally
+    _: type[Backend] = GPTQBackend

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from globmed_edge.backends.base import (
+    Backend,
     Capabilities,
     GenerationRequest,
     MemoryReport,
@@ -43,6 +44,7 @@ from globmed_edge.backends.base import (
     ScoreResult,
     TokenEvent,
 )
+from globmed_edge.backends.common import loaded
 from globmed_edge.errors import BackendError, GlobmedError
 
 if TYPE_CHECKING:
@@ -386,9 +388,7 @@ class IsolatedBackend:
         return self._child.proc.pid if self._child is not None else None
 
     def _require(self) -> _Child:
-        if self._child is None:
-            raise BackendError("backend used before load()")
-        return self._child
+        return loaded(self._child)
 
     def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
         child = self._require()
@@ -459,3 +459,7 @@ class IsolatedBackend:
                     with contextlib.suppress(GlobmedError):
                         while child.recv(timeout=30)[0] == "event":
                             pass
+
+
+if TYPE_CHECKING:  # mypy checks the class against the protocol, structurally
+    _: type[Backend] = IsolatedBackend

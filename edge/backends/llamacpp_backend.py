@@ -28,9 +28,10 @@ import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from globmed_edge.backends.base import (
+    Backend,
     Capabilities,
     GenerationRequest,
     MemoryReport,
@@ -45,8 +46,20 @@ from globmed_edge.backends.base import (
     result_from_rows,
     score_groups,
 )
-from globmed_edge.backends.onnx_backend import SPECIAL_KEYS, _compile_template
-from globmed_edge.errors import BackendError, ConfigError, ModelError, UnknownNameError
+from globmed_edge.backends.chat_template import SPECIAL_KEYS, compile_template
+from globmed_edge.backends.common import (
+    ScoreCollector,
+    check_options,
+    loaded,
+    log_softmax,
+    verify_build,
+)
+from globmed_edge.errors import BackendError, ConfigError, ModelError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from globmed_edge.backends.llamacpp_context import LlamaContext
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +141,7 @@ class LlamaCppBackend:
                  n_ctx: int | None = None, context_length: int | None = None, n_batch: int = 512,
                  n_gpu_layers: int | None = None, verify: bool = True, seed: int = 0,
                  **unknown: Any) -> None:
-        if unknown:
-            raise UnknownNameError("llamacpp backend option", sorted(unknown)[0], list(OPTIONS))
+        check_options(self.name, unknown, OPTIONS)
         if n_ctx and context_length and n_ctx != context_length:
             raise ConfigError(f"n_ctx={n_ctx} and context_length={context_length} disagree (give one)")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
@@ -154,7 +166,8 @@ class LlamaCppBackend:
         self.device = "cpu" if self.n_gpu_layers == 0 else ("cuda" if device == "cpu" else device)
         self.verify = verify
         self.seed = seed
-        self.llm: Any = None
+        self.llm: Any = None  # the llama_cpp.Llama
+        self._state: LlamaContext | None = None  # its KV cache and decode (llamacpp_context.py)
         self.manifest: Any = None
         self.model_file: Path | None = None
         self.metadata: dict[str, str] = {}
@@ -171,13 +184,9 @@ class LlamaCppBackend:
 
     def _resolve(self) -> Path:
         """The GGUF file to load, after the manifest rule (globmed_edge.trust) allowed it."""
-        from globmed_edge.trust import check_model
-
         folder = self.path if self.path.is_dir() else self.path.parent
-        self.verification = check_model(self.path, verify=self.verify)
+        self.verification = verify_build(self.path, "gguf", verify=self.verify, where=folder)
         self.manifest = self.verification.manifest
-        if self.manifest is not None and self.manifest.format != "gguf":
-            raise ModelError(f"{folder}: manifest format is {self.manifest.format!r}, not 'gguf'")
         if self.path.is_file():
             return self.path
         if not self.path.is_dir():
@@ -190,8 +199,10 @@ class LlamaCppBackend:
 
     def load(self) -> None:
         from globmed_edge.backends import llamacpp_runtime
+        from globmed_edge.backends.llamacpp_context import LlamaContext
 
         llama_cpp = llamacpp_runtime.load()
+        llamacpp_runtime.check_version()  # before a model loads: LlamaContext drives 0.3.36's internals
         self.close()
         self.model_file = self._resolve()
         if self.n_gpu_layers and not gpu_offload_supported():
@@ -217,8 +228,9 @@ class LlamaCppBackend:
         # Freed on close(), on garbage collection, or at exit before llama_cpp's module globals
         # are torn down (a Llama left to __del__ then prints "Exception ignored ... TypeError").
         self._finalizer = weakref.finalize(self, llm.close)
+        self._state = LlamaContext(llm)
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        self._n_vocab = int(llm.n_vocab())
+        self._n_vocab = self._state.n_vocab
         self.metadata = dict(llm.metadata)
         self._special = {}
         for key, meta in _SPECIAL_META.items():
@@ -233,34 +245,30 @@ class LlamaCppBackend:
 
     def close(self) -> None:
         self.llm = None
+        self._state = None
         if self._finalizer is not None:
             self._finalizer()  # runs llm.close() once
             self._finalizer = None
 
     def _adapt_threads(self) -> None:
         """threads="auto": before each generation, use the physical cores other work leaves free."""
-        import llama_cpp
-
-        llm = self._require_loaded()
+        state = loaded(self._state)
         n = auto_threads(physical_cores(), os.cpu_count() or 1, other_running_tasks())
         if n != self.current_threads:
             with self._lock:
-                llama_cpp.llama_set_n_threads(llm.ctx, n, n)
+                state.set_threads(n)
             log.debug("threads %d -> %d (other work on the CPU)", self.current_threads, n)
             self.current_threads = n
 
     def reset_cache(self) -> None:
         """Forget the KV cache, so the next call evaluates its whole prompt (benchmarks of TTFT
         use this; a chat keeps the cache to reuse the conversation's prefix)."""
-        llm = self._require_loaded()
+        state = loaded(self._state)
         with self._lock:
-            llm._ctx.kv_cache_clear()
-            llm.n_tokens = 0
+            state.clear()
 
     def _require_loaded(self) -> Any:
-        if self.llm is None:
-            raise BackendError("backend used before load()")
-        return self.llm
+        return loaded(self.llm)
 
     # ------------------------------------------------------------------ text
 
@@ -293,7 +301,7 @@ class LlamaCppBackend:
             if not source:
                 raise ModelError(f"{self.model_file}: the GGUF has no chat template "
                                  "(metadata key tokenizer.chat_template)")
-            self._template = _compile_template(source)
+            self._template = compile_template(source)
         if self._control is None:
             # Control and user-defined tokens (<|im_start|>...) written in a message are defused
             # before the template runs, so user text cannot open a turn (role injection).
@@ -309,16 +317,15 @@ class LlamaCppBackend:
 
     # ------------------------------------------------------------------ the KV cache
 
-    def _advance(self, tokens: Sequence[int], first: int) -> Any:
+    def _advance(self, tokens: Sequence[int], first: int) -> np.ndarray:
         """Make the KV cache hold exactly `tokens`; return the logits of positions first..end.
 
         The cached prefix that agrees with `tokens` is kept (up to `first`, whose logits must be
         computed); the rest is decoded in chunks of n_batch with outputs only where needed.
         """
-        import llama_cpp
         import numpy as np
 
-        llm = self._require_loaded()
+        state = loaded(self._state)
         n = len(tokens)
         if not 0 <= first < n:
             raise BackendError(f"internal: no logits position {first} in {n} tokens")
@@ -326,50 +333,18 @@ class LlamaCppBackend:
             raise BackendError(f"{n} tokens exceed the context length {self.n_ctx} (n_ctx option)")
         arr = np.asarray(tokens, dtype=np.intc)
         with self._lock:
-            keep = min(int(llm.n_tokens), first)
-            differ = np.flatnonzero(llm.input_ids[:keep] != arr[:keep])
-            if differ.size:
-                keep = int(differ[0])
-            # Start over where the cache cannot roll back: a recurrent model (seq_rm refuses), or
-            # a sliding-window cache that dropped early positions (not with swa_full, kept as a guard).
-            pruned = keep < llm.n_tokens and llama_cpp.llama_memory_seq_pos_min(llm._ctx.memory, 0) > 0
-            if pruned or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
-                llm._ctx.kv_cache_clear()
-                keep = 0
-            llm.n_tokens = keep
+            start = state.truncate(state.common_prefix(arr, first))
             rows = []
-            start = keep
             while start < n:
                 end = min(n, start + self.n_batch)
                 if end > first:  # llama.cpp keeps an output buffer as large as the most rows asked
                     end = min(end, max(first, start) + OUTPUT_ROWS)
-                chunk = arr[start:end]
-                llm._batch.set_batch(batch=chunk.tolist(), n_past=start, logits_all=False)
-                lo = max(first, start)
-                for i in range(lo - start, len(chunk)):
-                    llm._batch.batch.logits[i] = True
-                try:
-                    llm._ctx.decode(llm._batch)
-                except RuntimeError as exc:
-                    raise BackendError(f"llama.cpp decode failed ({exc})") from None
-                llm.input_ids[start:end] = chunk
-                llm.n_tokens = end
-                self.evaluated_tokens += len(chunk)
-                if lo < end:
-                    n_out = end - lo
-                    out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx),
-                                                shape=(n_out * self._n_vocab,))
-                    rows.append(out.reshape(n_out, self._n_vocab).astype(np.float32, copy=True))
+                out = state.decode(arr[start:end], start, first)
+                self.evaluated_tokens += end - start
+                if out is not None:
+                    rows.append(out)
                 start = end
             return np.concatenate(rows)
-
-    @staticmethod
-    def _log_softmax(x: Any) -> Any:
-        import numpy as np
-
-        x = x.astype(np.float32)
-        x = x - x.max(axis=-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
     # ------------------------------------------------------------------ generation
 
@@ -409,28 +384,34 @@ class LlamaCppBackend:
         import numpy as np
 
         self._require_loaded()
-        results: list[ScoreResult | None] = [None] * len(requests)
+        results = ScoreCollector(len(requests))
         for group in score_groups(requests, lambda s: self.tokenize(s, add_special=True)):
             ctx = group.prefix
-            last = self._log_softmax(self._advance(ctx, len(ctx) - 1))
-            for i, cont, skip in zip(group.indices, group.continuations, group.skip, strict=True):
+            last = log_softmax(self._advance(ctx, len(ctx) - 1))
+            scored = []
+            for cont, skip in zip(group.continuations, group.skip, strict=True):
                 table = last
                 if len(cont) > 1:
-                    table = np.concatenate([last, self._log_softmax(self._advance(ctx + cont[:-1], len(ctx)))])
-                results[i] = result_from_rows(table, cont, skip)
-        return [r for r in results if r is not None]
+                    table = np.concatenate([last, log_softmax(self._advance(ctx + cont[:-1], len(ctx)))])
+                scored.append(result_from_rows(table, cont, skip))
+            results.put(group.indices, scored)
+        return results.results()
 
-    def logprobs(self, token_ids: Sequence[int]) -> Any:
+    def logprobs(self, token_ids: Sequence[int]) -> np.ndarray:
         self._require_loaded()
         if not token_ids:
             raise BackendError("logprobs() needs at least one token")
         bad = [t for t in token_ids if not 0 <= int(t) < self._n_vocab]
         if bad:
             raise BackendError(f"logprobs(): token id {bad[0]} is outside the vocabulary ({self._n_vocab})")
-        return self._log_softmax(self._advance([int(t) for t in token_ids], 0))
+        return log_softmax(self._advance([int(t) for t in token_ids], 0))
 
     # ------------------------------------------------------------------ memory
 
     def memory(self) -> MemoryReport:
         rss, peak = process_memory()
         return MemoryReport(rss, peak, self.device)
+
+
+if TYPE_CHECKING:  # mypy checks the class against the protocol, structurally
+    _: type[Backend] = LlamaCppBackend

@@ -191,6 +191,21 @@ def version() -> str:
         return "not installed"
 
 
+#: The llama-cpp-python whose private state `llamacpp_context.LlamaContext` drives (pyproject.toml
+#: pins the same; tests/test_backend_seam.py holds the two together).
+PINNED_VERSION = "0.3.36"
+
+
+def check_version() -> None:
+    """Refuse a llama-cpp-python other than the pinned one: the backend decodes through its
+    internals (`_ctx`, `_batch`, `input_ids`, `n_tokens`), which change between versions."""
+    found = version()
+    if found != PINNED_VERSION:
+        raise BackendError(f"llama-cpp-python {found} is installed; the llamacpp backend needs "
+                           f"{PINNED_VERSION} (it drives that version's KV cache directly): install "
+                           f"llama-cpp-python=={PINNED_VERSION} (scripts/llama-cpp-wheel.sh builds it)")
+
+
 def runtime_info() -> RuntimeInfo:
     """The installed runtime, with its kernels loaded (so the loaded variant is known)."""
     module = load()

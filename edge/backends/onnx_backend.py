@@ -15,9 +15,10 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from globmed_edge.backends.base import (
+    Backend,
     Capabilities,
     GenerationRequest,
     MemoryReport,
@@ -32,19 +33,28 @@ from globmed_edge.backends.base import (
     result_from_rows,
     score_groups,
 )
+from globmed_edge.backends.chat_template import SPECIAL_KEYS, compile_template
+from globmed_edge.backends.common import (
+    ScoreCollector,
+    check_options,
+    eos_ids,
+    loaded,
+    log_softmax,
+    verify_build,
+)
 from globmed_edge.deps import require
 from globmed_edge.errors import BackendError, ModelError
 
-SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+if TYPE_CHECKING:
+    import numpy as np
+
+OPTIONS = ("device", "threads", "context_length", "batch_size", "verify")
 
 
 class BuildTokenizer:
-    """A build's tokenizer.json and chat template, without transformers or torch.
-
-    The jinja2 environment mirrors transformers' `apply_chat_template` (sandboxed, trim_blocks,
-    lstrip_blocks, loopcontrols, `raise_exception`, `strftime_now`, a non-escaping `tojson`,
-    the `{% generation %}` tag), with the tokenizer's special tokens in the context.
-    """
+    """A build's tokenizer.json and chat template, without transformers or torch (the template
+    is rendered as transformers renders it: chat_template.py), with the tokenizer's special
+    tokens in the context."""
 
     def __init__(self, build: Path) -> None:
         tokenizers = require("tokenizers", "onnx")
@@ -76,7 +86,7 @@ class BuildTokenizer:
         if not self.chat_template:
             raise ModelError(f"{self._where}: the build has no chat template")
         if self._compiled is None:
-            self._compiled = _compile_template(self.chat_template)
+            self._compiled = compile_template(self.chat_template)
         specials = [t.content for t in self._tok.get_added_tokens_decoder().values() if t.special]
         specials += [s for s in self.special.values() if s]
         safe = [{**m, "content": defuse_specials(m["content"], specials)} for m in messages]
@@ -90,47 +100,14 @@ def _token_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _compile_template(source: str) -> Any:
-    from datetime import datetime
-
-    jinja2 = require("jinja2", "onnx")
-    from jinja2 import nodes
-    from jinja2.ext import Extension
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class Generation(Extension):  # transformers' assistant-mask tag; renders its body as is
-        tags = {"generation"}  # noqa: RUF012
-
-        def parse(self, parser: Any) -> Any:
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller: Any) -> str:
-            return str(caller())
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.exceptions.TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[Generation, "jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: (
-        json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys))
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
-        return env.from_string(source)
-    except jinja2.exceptions.TemplateSyntaxError as exc:
-        raise ModelError(f"chat template: syntax error ({exc})") from None
-
-
 class OnnxBackend:
     name: ClassVar[str] = "onnx"
     capabilities: ClassVar[Capabilities] = Capabilities(devices=("cpu", "cuda"))
 
     def __init__(self, path: str | Path, *, device: str = "cpu", threads: int | None = None,
                  context_length: int | None = None, batch_size: int = 8, verify: bool = True,
-                 **_: Any) -> None:
+                 **unknown: Any) -> None:
+        check_options(self.name, unknown, OPTIONS)
         self.path = Path(path)
         self.verify = verify  # False: open without the manifest rule (quantize's own fresh export)
         self.verification: Any = None
@@ -148,12 +125,9 @@ class OnnxBackend:
     def load(self) -> None:
         ort = require("onnxruntime", "onnx")
         np = require("numpy", "onnx")
-        from globmed_edge.trust import check_model
 
-        self.verification = check_model(self.path, verify=self.verify)
+        self.verification = verify_build(self.path, "onnx", verify=self.verify)
         self.manifest = self.verification.manifest
-        if self.manifest is not None and self.manifest.format != "onnx":
-            raise ModelError(f"{self.path}: manifest format is {self.manifest.format!r}, not 'onnx'")
         cfg_path = self.path / "genai_config.json"
         if not cfg_path.is_file():
             raise ModelError(f"{self.path}: not an ONNX build (no genai_config.json)")
@@ -169,8 +143,7 @@ class OnnxBackend:
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{cfg_path}: unreadable genai config ({exc})") from None
         self._context = self._context_length or int(cfg.get("context_length", 2048))
-        eos = cfg.get("eos_token_id")
-        self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self._eos_ids = eos_ids(cfg.get("eos_token_id"))
         self._pad = int(cfg.get("pad_token_id") or 0)
         if not model_file.is_file():
             raise ModelError(f"{model_file}: missing from the build")
@@ -203,9 +176,8 @@ class OnnxBackend:
         self.tokenizer = None
 
     def _require_loaded(self) -> BuildTokenizer:
-        if self.session is None or self.tokenizer is None:
-            raise BackendError("backend used before load()")
-        return self.tokenizer
+        loaded(self.session)
+        return loaded(self.tokenizer)
 
     # ------------------------------------------------------------------ the decoder graph
 
@@ -230,14 +202,6 @@ class OnnxBackend:
         result = self.session.run([outs.get("logits", "logits")] + [o for o, _ in self._kv_pairs], feed)
         present = {p: v for (_, p), v in zip(self._kv_pairs, result[1:], strict=True)}
         return result[0], present
-
-    @staticmethod
-    def _log_softmax(x: Any) -> Any:
-        import numpy as np
-
-        x = x.astype(np.float32)
-        x = x - x.max(axis=-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
     # ------------------------------------------------------------------ text
 
@@ -283,12 +247,10 @@ class OnnxBackend:
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Log-likelihoods; each distinct context runs once, its options as batches over its cache."""
         self._require_loaded()
-        results: list[ScoreResult | None] = [None] * len(requests)
+        results = ScoreCollector(len(requests))
         for group in score_groups(requests, lambda s: self.tokenize(s, add_special=True)):
-            scored = self._score_group(group.prefix, group.continuations, group.skip)
-            for i, r in zip(group.indices, scored, strict=True):
-                results[i] = r
-        return [r for r in results if r is not None]
+            results.put(group.indices, self._score_group(group.prefix, group.continuations, group.skip))
+        return results.results()
 
     def _score_group(self, ctx: list[int], conts: list[list[int]], skips: list[int]) -> list[ScoreResult]:
         """Score continuations over one cached context.
@@ -301,17 +263,17 @@ class OnnxBackend:
         import numpy as np
 
         logits, cache = self._run(np.array([ctx]), None, 0)
-        last = self._log_softmax(logits[0, -1])
+        last = log_softmax(logits[0, -1])
         rows: dict[int, Any] = {}
         ones = [b for b, c in enumerate(conts) if len(c) == 2]
         for start in range(0, len(ones), self.batch_size):
             chunk = ones[start:start + self.batch_size]
             past = {k: np.repeat(v, len(chunk), axis=0) for k, v in cache.items()}
-            logp = self._log_softmax(self._run(np.array([[conts[b][0]] for b in chunk]), past, len(ctx))[0])
+            logp = log_softmax(self._run(np.array([[conts[b][0]] for b in chunk]), past, len(ctx))[0])
             rows.update({b: logp[j] for j, b in enumerate(chunk)})
         for b, cont in enumerate(conts):
             if len(cont) > 2:
-                rows[b] = self._log_softmax(self._run(np.array([cont[:-1]]), cache, len(ctx))[0][0])
+                rows[b] = log_softmax(self._run(np.array([cont[:-1]]), cache, len(ctx))[0][0])
         out: list[ScoreResult] = []
         for b, (cont, skip) in enumerate(zip(conts, skips, strict=True)):
             table = np.concatenate([last[None], rows[b].reshape(-1, last.shape[-1])], axis=0) \
@@ -319,16 +281,20 @@ class OnnxBackend:
             out.append(result_from_rows(table, cont, skip))
         return out
 
-    def logprobs(self, token_ids: Sequence[int]) -> Any:
+    def logprobs(self, token_ids: Sequence[int]) -> np.ndarray:
         import numpy as np
 
         self._require_loaded()
         if not token_ids:
             raise BackendError("logprobs() needs at least one token")
-        return self._log_softmax(self._run(np.array([list(token_ids)]), None, 0)[0][0])
+        return log_softmax(self._run(np.array([list(token_ids)]), None, 0)[0][0])
 
     # ------------------------------------------------------------------ memory
 
     def memory(self) -> MemoryReport:
         rss, peak = process_memory()
         return MemoryReport(rss, peak, self.device)
+
+
+if TYPE_CHECKING:  # mypy checks the class against the protocol, structurally
+    _: type[Backend] = OnnxBackend

@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from globmed_edge.backends.base import (
+    Backend,
     Capabilities,
     GenerationRequest,
     MemoryReport,
@@ -22,9 +23,21 @@ from globmed_edge.backends.base import (
     result_from_rows,
     score_groups,
 )
+from globmed_edge.backends.common import (
+    ScoreCollector,
+    check_options,
+    eos_ids,
+    loaded,
+    verify_build,
+)
 from globmed_edge.deps import require
 from globmed_edge.errors import BackendError, ModelError
 from globmed_edge.paths import force_offline
+
+if TYPE_CHECKING:
+    import numpy as np
+
+OPTIONS = ("device", "threads", "dtype", "verify")
 
 
 class TransformersBackend:
@@ -39,8 +52,9 @@ class TransformersBackend:
         threads: int | None = None,
         dtype: str | None = None,
         verify: bool = True,
-        **_: Any,
+        **unknown: Any,
     ) -> None:
+        check_options(self.name, unknown, OPTIONS)
         self.path = Path(path)
         self.verify = verify  # False: open without the manifest rule (quantize's own fresh export)
         self.verification: Any = None
@@ -56,19 +70,14 @@ class TransformersBackend:
         """Wrap a model already in memory (e.g. during training) without reloading it."""
         be = cls(path, device=str(next(model.parameters()).device))
         be.model, be.tokenizer = model, tokenizer
-        eos = model.generation_config.eos_token_id if model.generation_config else None
-        be._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if tokenizer.eos_token_id is not None:
-            be._eos_ids.add(tokenizer.eos_token_id)
+        be._eos_ids = model_eos_ids(model, tokenizer)
         return be
 
     # ------------------------------------------------------------------ lifecycle
 
     def load(self) -> None:
         force_offline()
-        from globmed_edge.trust import check_model
-
-        self.verification = check_model(self.path, verify=self.verify)
+        self.verification = verify_build(self.path, None, verify=self.verify)  # hf: no format check
         torch = require("torch", "torch")
         transformers = require("transformers", "torch")
         if not (self.path / "config.json").is_file():
@@ -85,10 +94,7 @@ class TransformersBackend:
         except (OSError, ValueError, KeyError) as exc:
             raise ModelError(f"{self.path}: cannot load model ({str(exc).splitlines()[0]})") from None
         self.model.to(self.device).eval()
-        eos = self.model.generation_config.eos_token_id
-        self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            self._eos_ids.add(self.tokenizer.eos_token_id)
+        self._eos_ids = model_eos_ids(self.model, self.tokenizer)
 
     def close(self) -> None:
         self.model = None
@@ -98,8 +104,7 @@ class TransformersBackend:
         gc.collect()
 
     def _require_loaded(self) -> None:
-        if self.model is None:
-            raise BackendError("backend used before load()")
+        loaded(self.model)
 
     # ------------------------------------------------------------------ text
 
@@ -188,13 +193,12 @@ class TransformersBackend:
         torch = require("torch", "torch")
         groups = score_groups(requests, lambda s: self.tokenize(s, add_special=True))
         vocab = int(self.model.get_output_embeddings().weight.shape[0])
-        results: list[ScoreResult | None] = [None] * len(requests)
+        results = ScoreCollector(len(requests))
         with torch.inference_mode():
             for batch in self._batches(groups, vocab):
                 for g, scored in zip(batch, self._score_packed(torch, batch), strict=True):
-                    for i, r in zip(g.indices, scored, strict=True):
-                        results[i] = r
-        return [r for r in results if r is not None]
+                    results.put(g.indices, scored)
+        return results.results()
 
     def _batches(self, groups: list[ScoreGroup], vocab: int) -> list[list[ScoreGroup]]:
         """Longest rows first, as many per batch as the token and logit budgets allow."""
@@ -258,7 +262,7 @@ class TransformersBackend:
             at += len(idx)
         return scored
 
-    def logprobs(self, token_ids: Sequence[int]) -> Any:
+    def logprobs(self, token_ids: Sequence[int]) -> np.ndarray:
         self._require_loaded()
         torch = require("torch", "torch")
         with torch.inference_mode():
@@ -276,6 +280,16 @@ class TransformersBackend:
         return MemoryReport(rss, peak, self.device)
 
 
+def model_eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """A transformers model's end-of-generation ids: its generation config's and its tokenizer's."""
+    config = model.generation_config
+    return eos_ids(config.eos_token_id if config else None, tokenizer.eos_token_id)
+
+
 def _packed_length(group: ScoreGroup) -> int:
     """Tokens in a context's packed row: the prefix plus every continuation but its last token."""
     return len(group.prefix) + sum(max(0, len(c) - 1) for c in group.continuations)
+
+
+if TYPE_CHECKING:  # mypy checks the class against the protocol, structurally
+    _: type[Backend] = TransformersBackend

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from globmed_edge.backends.base import GenerationRequest, ScoreRequest
+from globmed_edge.backends.timing import StreamTiming
 from globmed_edge.data.schema import MCQItem
 from globmed_edge.mcq.prompts import letter_continuations, mcq_prompt
 
@@ -46,14 +47,11 @@ def run_demo(model_dir: Path, prompt: str, item: MCQItem, *, max_new_tokens: int
     be = open_backend(model_dir, backend, threads=threads)
     be.load()
     try:
-        start = time.perf_counter()
-        pieces, times = [], []
+        timing = StreamTiming(time.perf_counter())
+        pieces: list[str] = []
         for ev in be.stream(GenerationRequest.from_text(prompt, max_new_tokens=max_new_tokens)):
             pieces.append(ev.text)
-            times.append(ev.time)
-        ttft = times[0] - start if times else float("nan")
-        n = len(times)
-        decode = (n - 1) / (times[-1] - times[0]) if n > 1 and times[-1] > times[0] else float("nan")
+            timing = timing.add(ev)
         context = mcq_prompt(item)
         letters = list(item.options)
         scores = be.score([ScoreRequest(context, c) for c in letter_continuations(item)])
@@ -62,8 +60,13 @@ def run_demo(model_dir: Path, prompt: str, item: MCQItem, *, max_new_tokens: int
     finally:
         be.close()
     return DemoResult(
-        model=str(model_dir), reply="".join(pieces).strip(), reply_tokens=n, ttft_s=ttft,
-        decode_tokens_per_s=decode, item_id=item.id, item_lang=item.lang, predicted=predicted,
+        model=str(model_dir), reply="".join(pieces).strip(), reply_tokens=timing.tokens,
+        ttft_s=_or_nan(timing.ttft_s), decode_tokens_per_s=_or_nan(timing.decode_tokens_per_s),
+        item_id=item.id, item_lang=item.lang, predicted=predicted,
         gold=item.answer, option_logprobs={k: round(v, 3) if math.isfinite(v) else v for k, v in lps.items()},
         unverified=verification.unverified,
     )
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value

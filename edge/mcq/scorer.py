@@ -18,12 +18,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from globmed_edge.backends.base import ScoreRequest
-from globmed_edge.mcq.prompts import letter_continuations, mcq_prompt, text_continuations
+from globmed_edge.backends.base import Backend, ScoreRequest, ScoreResult
 from globmed_edge.data.schema import LETTERS, MCQItem
 from globmed_edge.errors import BackendError, ConfigError
+from globmed_edge.mcq.prompts import letter_continuations, mcq_prompt, text_continuations
 
 Rule = Literal["letter", "text"]
 
@@ -101,7 +101,7 @@ def score_from_results(item: MCQItem, letter_lps: Sequence[float], text_lps: Seq
 
 
 def score_mcq(
-    backend: Any,
+    backend: Backend,
     items: Sequence[MCQItem],
     *,
     shots: Mapping[str, Sequence[MCQItem]] | None = None,
@@ -141,8 +141,8 @@ def score_mcq(
     return out
 
 
-def _score_naming_the_item(backend: Any, requests: list[ScoreRequest], chunk: Sequence[MCQItem],
-                           per_item: Sequence[list[ScoreRequest]]) -> list[Any]:
+def _score_naming_the_item(backend: Backend, requests: list[ScoreRequest], chunk: Sequence[MCQItem],
+                           per_item: Sequence[list[ScoreRequest]]) -> list[ScoreResult]:
     """backend.score(requests); a failure names the item it came from ("6014 tokens exceed the
     context length 2048" alone did not say which of 30,000 items to fix). After a failed batch
     each item is tried alone to find it, unless the runtime itself crashed."""
