@@ -23,26 +23,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from globmed_edge import langpacks
 from globmed_edge.errors import BackendError, ParityError
 from globmed_edge.quantize.base import ParityThresholds
 
 if TYPE_CHECKING:
     from globmed_edge.backends.base import Backend
 
-# Short medical sentences written for this probe set: 10 languages, 7 scripts (Latin, Arabic
-# right-to-left, Devanagari, Ethiopic, Han, Cyrillic, Japanese kana + kanji).
-PROBES: tuple[tuple[str, str], ...] = (
-    ("en", "The child has had a high fever and diarrhoea for two days; check for signs of dehydration."),
-    ("fr", "La patiente enceinte se plaint de maux de tête sévères et d'une vision trouble."),
-    ("es", "El paciente diabético tiene una herida en el pie que no cicatriza desde hace un mes."),
-    ("sw", "Mtoto ana homa kali na anakohoa usiku; mpime malaria kabla ya kumpa dawa."),
-    ("ar", "يعاني الطفل من سعال وضيق في التنفس منذ ثلاثة أيام، ويجب قياس نسبة الأكسجين في الدم."),
-    ("hi", "मरीज़ को तेज़ बुखार और सिरदर्द है; पहले मलेरिया की जाँच करवाएँ।"),
-    ("am", "ልጁ ለሁለት ቀናት ከፍተኛ ትኩሳት እና ተቅማጥ አለበት።"),
-    ("zh", "病人咳嗽两周，夜间盗汗，体重下降，应检查是否患有结核病。"),
-    ("ru", "У пациента боль в груди, отдающая в левую руку, и одышка."),
-    ("ja", "患者は三日前から高熱と咳が続いています。"),
-)
+# Short medical sentences written for this probe set, one per language pack with a `parity_probe`
+# (edge/langpacks/<code>.json), in probe order: 10 languages, 7 scripts (Latin, Arabic
+# right-to-left, Devanagari, Ethiopic, Han, Cyrillic, Japanese kana + kanji). Parity results are
+# compared across builds, so these texts never change (tests/test_langpacks.py holds them); give a
+# new language's probe no `order` (or a higher one) so that it comes after them.
+PROBES: Sequence[tuple[str, str]] = langpacks.LiveTuple(lambda: langpacks.load().parity_probes)
 CHAT_PROMPT = ("A mother says her two-year-old has had watery diarrhoea for two days. "
                "Which danger signs should I check for?")
 GREEDY_TOKENS = 24

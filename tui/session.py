@@ -139,6 +139,13 @@ class ChatSession:
     def last_answer(self) -> Turn | None:
         return next((t for t in reversed(self.turns) if t.role == "assistant"), None)
 
+    def close(self) -> None:
+        """Close the backend (a crashed runtime's child is reaped); the conversation stays, and a
+        backend loaded again is set as `backend`. The session is the only holder of its backend."""
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
+
     def drop_last_answer(self) -> None:
         """Forget the last answer (for regenerate); the question stays."""
         if self.turns and self.turns[-1].role == "assistant":
