@@ -8,6 +8,7 @@ value at fault so that a user can act on them without a traceback.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class GlobmedError(Exception):
@@ -84,7 +85,15 @@ class NotAvailableError(GlobmedError):
 
 
 class ParityError(GlobmedError):
-    """A build drifted from its source beyond the thresholds for its quantization."""
+    """A build drifted from its source beyond the thresholds for its quantization.
+
+    `parity` is the failed check's result (quantize/parity.py `ParityResult.to_dict()`), so that
+    whoever catches the error can record or show the numbers.
+    """
+
+    def __init__(self, message: str, parity: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.parity = parity
 
 
 class Interrupted(GlobmedError):

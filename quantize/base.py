@@ -7,12 +7,15 @@ parity check, and the manifest, so every format gets the same guarantees.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from globmed_edge.registry import LazyRegistry
+
+if TYPE_CHECKING:
+    from globmed_edge.quantize.descriptor import FormatDescriptor
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,15 @@ class ExportResult:
 
 
 class Exporter(Protocol):
-    format: ClassVar[str]
-    quantizations: ClassVar[dict[str, QuantSpec]]
+    """One build format: its module holds the exporter and its `FormatDescriptor`.
 
-    def check_available(self) -> None:
+    Adding a format is that one file and one line in EXPORTERS; the runner reads everything that
+    varies per format (backend, options, calibration, runtime packages) from `descriptor`.
+    """
+
+    descriptor: ClassVar[FormatDescriptor]
+
+    def check_available(self, options: Mapping[str, Any] | None = None) -> None:
         """Raise DependencyError / NotAvailableError if this machine cannot export the format."""
 
     def export(self, request: ExportRequest) -> ExportResult: ...

@@ -26,7 +26,7 @@ def format_catalog() -> list[tuple[str, str]]:
     rows = []
     for fmt in EXPORTERS.names():
         try:
-            quantizations = EXPORTERS.load(fmt).quantizations
+            quantizations = EXPORTERS.load(fmt).descriptor.quantizations
         except ImportError as exc:
             rows.append((f"{fmt}:*", f"(the {fmt} exporter is not installed here: {exc})"))
             continue
@@ -38,10 +38,26 @@ def format_catalog() -> list[tuple[str, str]]:
     return rows
 
 
+def option_catalog() -> list[tuple[str, str]]:
+    """(FMT.KEY, what it does: type, default, allowed values) for every declared exporter option."""
+    from globmed_edge.quantize.base import EXPORTERS
+
+    rows = []
+    for fmt in EXPORTERS.names():
+        try:
+            options = EXPORTERS.load(fmt).descriptor.options
+        except ImportError:
+            continue  # format_catalog says so
+        rows += [(f"{fmt}.{opt.name}", opt.describe()) for opt in options]
+    return rows
+
+
 class QuantizeCommand(click.Command):
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Formats (FMT:QUANT)"):
             formatter.write_dl(format_catalog())
+        with formatter.section("Exporter options (--option FMT.KEY=VALUE)"):
+            formatter.write_dl(option_catalog())
         super().format_epilog(ctx, formatter)
 
 
@@ -98,6 +114,9 @@ def _usable_cpus() -> int:
                    "Default: the packaged samples.")
 @click.option("--calibration-size", default=256, show_default=True, type=click.IntRange(min=1),
               help="Calibration texts at most.")
+@click.option("--option", "options", multiple=True, metavar="FMT.KEY=VALUE",
+              help="Set an exporter option (listed below), e.g. onnx.block_size=64; repeatable. "
+                   "Options that change a build are recorded in its manifest.")
 @click.option("--no-imatrix", is_flag=True, help="GGUF: no importance matrix for the k-quants.")
 @click.option("--allow-drift", is_flag=True,
               help="Keep builds that fail their parity check (recorded in the manifest).")
@@ -106,8 +125,8 @@ def _usable_cpus() -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the result table as JSON.")
 @click.pass_context
 def quantize(ctx: click.Context, model: str, out: Path | None, formats: tuple[str, ...],
-             calibration: tuple[Path, ...], calibration_size: int, no_imatrix: bool, allow_drift: bool,
-             force: bool, threads: int | None, as_json: bool) -> None:
+             calibration: tuple[Path, ...], calibration_size: int, options: tuple[str, ...],
+             no_imatrix: bool, allow_drift: bool, force: bool, threads: int | None, as_json: bool) -> None:
     """Export MODEL (an HF folder or an embedded model name) to GGUF / ONNX / GPTQ builds.
 
     Each build lands in OUT/<model>-<format>-<quant>/ with manifest.json, after a parity
@@ -123,7 +142,7 @@ def quantize(ctx: click.Context, model: str, out: Path | None, formats: tuple[st
     opts = QuantizeOptions(
         out=out or builds_dir(), formats=formats or DEFAULT_FORMATS, calibration=calibration,
         calibration_size=calibration_size, imatrix=not no_imatrix, allow_drift=allow_drift,
-        force=force, threads=threads, progress=progress_enabled())
+        force=force, threads=threads, progress=progress_enabled(), options=options)
     outcomes = run(model, opts, warn=lambda msg: click.echo(msg, err=True))
     if as_json:
         from globmed_edge.grade import parity_grade

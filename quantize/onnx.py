@@ -23,15 +23,17 @@ import os
 import shutil
 import subprocess
 import sys
-from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from globmed_edge.errors import ConfigError, DependencyError, ModelError, NotAvailableError
 from globmed_edge.quantize.base import ExportRequest, ExportResult, ParityThresholds, QuantSpec
+from globmed_edge.quantize.descriptor import FormatDescriptor, Option
+from globmed_edge.quantize.subproc import run_streaming
 
 PROVIDERS = ("cpu", "cuda")
-OPTIONS = ("execution_provider", "block_size", "accuracy_level", "algo", "timeout_s")
+ALGOS = ("default", "rtn", "k_quant", "rtn_last", "k_quant_last")
 #: Files of the source folder that the builder does not copy but a build should carry.
 CARRY = ("generation_config.json", "special_tokens_map.json", "NOTICE", "LICENSE", "globmed_model.json")
 
@@ -58,11 +60,35 @@ QUANTIZATIONS: dict[str, QuantSpec] = {
 }
 
 
+_WEIGHT_QUANTS = ("int4", "int8")
+DESCRIPTOR = FormatDescriptor(
+    format="onnx", title="ONNX", backend="onnx", quantizations=QUANTIZATIONS,
+    options=(
+        Option("execution_provider", str, None, "the provider the graph is built for; default: cpu, "
+               "cuda for fp16", choices=PROVIDERS),
+        Option("block_size", int, 32, "MatMulNBits quantization block size", choices=(16, 32, 64, 128, 256),
+               quantizations=_WEIGHT_QUANTS),
+        # accuracy_level 4 (int8 activations, the builder's CPU default) for both: for int8 it
+        # costs top-1 agreement (97.9% -> 92.7% on SmolLM2-135M), but level 1 decoded at 4.9
+        # tokens/s against 96 (lab/perf/onnx_int8_levels.py).
+        Option("accuracy_level", int, 4, "MatMulNBits compute precision: 4 int8 activations (fast), "
+               "1 fp32 (closer, far slower on CPU)", choices=(0, 1, 2, 3, 4), quantizations=_WEIGHT_QUANTS),
+        Option("algo", str, None, "the builder's weight quantization algorithm; default: the builder's",
+               choices=ALGOS, quantizations=_WEIGHT_QUANTS),
+        Option("timeout_s", float, 6 * 3600.0, "seconds the model builder may run", minimum=0,
+               exclusive=True, affects_build=False),
+    ),
+    runtime_packages=("onnxruntime",),
+    example="int8,int4",
+)
+
+
 class ONNXExporter:
-    format: ClassVar[str] = "onnx"
+    descriptor: ClassVar[FormatDescriptor] = DESCRIPTOR
+    format: ClassVar[str] = DESCRIPTOR.format
     quantizations: ClassVar[dict[str, QuantSpec]] = QUANTIZATIONS
 
-    def check_available(self) -> None:
+    def check_available(self, options: Mapping[str, Any] | None = None) -> None:
         import importlib.util
 
         for module in ("onnxruntime", "onnxruntime_genai", "onnx", "onnx_ir"):
@@ -74,15 +100,8 @@ class ONNXExporter:
     def builder_args(self, request: ExportRequest, cache_dir: Path) -> list[str]:
         """The model builder's command line for this request (validated; no side effects)."""
         q = request.quantization
-        if q not in QUANTIZATIONS:
-            raise ConfigError(f"unknown ONNX quantization {q!r} (known: {', '.join(QUANTIZATIONS)})")
-        opts = dict(request.options)
-        unknown = sorted(set(opts) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown ONNX option(s) {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
-        ep = str(opts.get("execution_provider", "cuda" if q == "fp16" else "cpu"))
-        if ep not in PROVIDERS:
-            raise ConfigError(f"ONNX execution_provider {ep!r} is not one of {', '.join(PROVIDERS)}")
+        opts = DESCRIPTOR.resolve(q, request.options)  # unknown quantization or option, bad value
+        ep = opts["execution_provider"] or ("cuda" if q == "fp16" else "cpu")
         if q == "fp16" and ep == "cpu":
             # The builder's fp16 CPU graph (MultiHeadAttention + fp16 KV cache) fails in
             # onnxruntime 1.32 as soon as a KV cache is fed ("Shape mismatch attempting to
@@ -90,24 +109,10 @@ class ONNXExporter:
             raise ConfigError("ONNX fp16 is a CUDA build: the fp16 graph for the CPU provider cannot "
                               "decode with a KV cache in onnxruntime 1.32; use fp32 or int8 for CPU")
         extra = []
-        if q in ("int4", "int8"):
-            block = int(opts.get("block_size", 32))
-            if block not in (16, 32, 64, 128, 256):
-                raise ConfigError(f"ONNX block_size {block} is not one of 16, 32, 64, 128, 256")
-            # accuracy_level 4 (int8 activations, the builder's CPU default) for both: for int8
-            # it costs top-1 agreement (97.9% -> 92.7% on SmolLM2-135M), but level 1 decoded at
-            # 4.9 tokens/s against 96 (lab/perf/onnx_int8_levels.py).
-            level = int(opts.get("accuracy_level", 4))
-            if level not in (0, 1, 2, 3, 4):
-                raise ConfigError(f"ONNX accuracy_level {level} is not one of 0-4")
-            extra += [f"block_size={block}", f"accuracy_level={level}"]
-            if "algo" in opts:
-                algo = str(opts["algo"])
-                if algo not in ("default", "rtn", "k_quant", "rtn_last", "k_quant_last"):
-                    raise ConfigError(f"ONNX algo {algo!r} is not one of default, rtn, k_quant, rtn_last, k_quant_last")
-                extra.append(f"algo_config={algo}")
-        elif set(opts) & {"block_size", "accuracy_level", "algo"}:
-            raise ConfigError(f"ONNX options block_size/accuracy_level/algo apply to int4/int8, not {q}")
+        if "block_size" in opts:  # the weight-only quantizations (int4, int8)
+            extra += [f"block_size={opts['block_size']}", f"accuracy_level={opts['accuracy_level']}"]
+            if opts["algo"] is not None:
+                extra.append(f"algo_config={opts['algo']}")
         extra.append("hf_token=false")  # never reach for credentials or the network
         return [sys.executable, "-m", "onnxruntime_genai.models.builder",
                 "-i", str(request.source), "-o", str(request.out_dir), "-p", q,
@@ -115,7 +120,8 @@ class ONNXExporter:
 
     def export(self, request: ExportRequest) -> ExportResult:
         self.check_available()
-        if request.quantization == "fp16" and request.options.get("execution_provider", "cuda") == "cuda":
+        opts = DESCRIPTOR.resolve(request.quantization, request.options)
+        if request.quantization == "fp16" and opts["execution_provider"] in (None, "cuda"):
             import onnxruntime
 
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
@@ -127,24 +133,22 @@ class ONNXExporter:
             raise ModelError(f"{src}: not a Hugging Face model folder (no config.json)")
         cache = request.out_dir / ".builder-cache"
         cmd = self.builder_args(request, cache)
-        timeout = float(request.options.get("timeout_s", 6 * 3600))
+        timeout = opts["timeout_s"]
         say = request.progress or (lambda _s: None)
         say(f"onnx {request.quantization}: building with onnxruntime-genai")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
-        tail: deque[str] = deque(maxlen=30)
-        try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                    text=True, encoding="utf-8", errors="replace")
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                # The builder redraws tqdm bars with \r; keep only the latest state per line.
-                line = line.rstrip("\n").split("\r")[-1].strip()
-                if line:
-                    tail.append(line)
-                    if line.startswith(("Reading", "Saving", "Quantiz")):
-                        say(f"onnx {request.quantization}: {line[:80]}")
-            rc = proc.wait(timeout=timeout)
+
+        def on_line(line: str) -> None:
+            if line.startswith(("Reading", "Saving", "Quantiz")):
+                say(f"onnx {request.quantization}: {line[:80]}")
+
+        try:  # the helper kills the builder on a timeout, an error or Ctrl-C
+            rc, tail = run_streaming(cmd, env=env, timeout=timeout, on_line=on_line, tail=30)
+        except subprocess.TimeoutExpired:
+            raise ModelError(f"{src}: the onnxruntime-genai model builder did not finish within "
+                             f"{timeout:g} s and was stopped (allow longer with --option "
+                             "onnx.timeout_s=SECONDS)") from None
         finally:
             shutil.rmtree(cache, ignore_errors=True)
         if rc != 0:

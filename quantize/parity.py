@@ -157,15 +157,16 @@ def _num(x: float) -> float:
 
 
 def check_parity(build: Path, fmt: str, reference: Reference, thresholds: ParityThresholds, *,
-                 threads: int | None = None, progress: bool = False, label: str = "") -> ParityResult:
-    """Load `build` through its format's backend and compare it with `reference`."""
+                 threads: int | None = None, progress: bool = False, label: str = "",
+                 backend_name: str | None = None) -> ParityResult:
+    """Load `build` through `backend_name` (default: its format's) and compare it with `reference`."""
     import numpy as np
 
     from globmed_edge.backends import FORMAT_BACKEND, open_backend
     from globmed_edge.backends.base import Message
 
     t0 = time.perf_counter()
-    backend_name = FORMAT_BACKEND[fmt]
+    backend_name = backend_name or FORMAT_BACKEND[fmt]
     # The build is quantize's own fresh export, checked before its manifest exists: it is opened
     # explicitly unverified (verify=False), the one place that does so without the user asking.
     backend = open_backend(build, backend_name, threads=threads, isolate="native",  # a crash fails this build only
@@ -228,4 +229,5 @@ def enforce(result: ParityResult, *, allow_drift: bool, label: str) -> None:
     if result.passed or allow_drift:
         return
     raise ParityError(f"{label}: parity check failed ({'; '.join(result.failures)}); "
-                      "the build was not kept (use --allow-drift to keep it anyway)")
+                      "the build was not kept (use --allow-drift to keep it anyway)",
+                      parity=result.to_dict())

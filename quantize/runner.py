@@ -10,6 +10,10 @@ For each build (format + quantization) the runner
 An interrupted run (Ctrl-C, kill, full disk, an exception) leaves at most a hidden `.NAME.*.partial`
 directory, which `models list` never shows and the next run removes. One run at a time holds
 `OUT/.quantize.lock`, so that clean-up never touches another live run's directory.
+
+The runner names no format: what varies per format (its backend, options, calibration policy,
+runtime packages, example quantizations) comes from the exporter's `FormatDescriptor`
+(quantize/descriptor.py), found through the EXPORTERS registry.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,9 @@ from globmed_edge.errors import (
     ParityError,
     UnknownNameError,
 )
-from globmed_edge.quantize.base import EXPORTERS, Calibration, ExportRequest, QuantSpec
+from globmed_edge.quantize import base
+from globmed_edge.quantize.base import Calibration, ExportRequest, QuantSpec
+from globmed_edge.quantize.descriptor import FormatDescriptor
 from globmed_edge.quantize.source import (
     SourceInfo,
     check_source,
@@ -66,6 +72,13 @@ class QuantizeOptions:
     force: bool = False
     threads: int | None = None
     progress: bool = False
+    options: tuple[str, ...] = ()  # "FMT.KEY=VALUE" (--option): any option a format declares
+
+
+def _run_wide(opts: QuantizeOptions) -> dict[str, Any]:
+    """Run-wide flags, each setting the option of the same name in every format that declares
+    one: --no-imatrix (`imatrix`) and --threads (`threads`; not given: the format's default)."""
+    return {k: v for k, v in {"imatrix": opts.imatrix, "threads": opts.threads}.items() if v is not None}
 
 
 @dataclass
@@ -91,7 +104,13 @@ class Outcome:
 
 def exporter_class(fmt: str) -> Any:
     """The exporter class of a format (raises UnknownNameError, ImportError)."""
-    return EXPORTERS.load(fmt)
+    return base.EXPORTERS.load(fmt)
+
+
+def descriptor(fmt: str) -> FormatDescriptor:
+    """What a format declares about itself (raises UnknownNameError, ImportError)."""
+    desc: FormatDescriptor = exporter_class(fmt).descriptor
+    return desc
 
 
 def parse_targets(specs: Sequence[str]) -> list[Target]:
@@ -100,15 +119,16 @@ def parse_targets(specs: Sequence[str]) -> list[Target]:
     for spec in specs:
         fmt, sep, quants = spec.partition(":")
         fmt = fmt.strip().lower()
-        EXPORTERS.target(fmt)  # unknown format -> UnknownNameError with a suggestion
+        base.EXPORTERS.target(fmt)  # unknown format -> UnknownNameError with a suggestion
         names = [q.strip().lower() for q in quants.split(",") if q.strip()]
+        try:
+            desc: FormatDescriptor | None = descriptor(fmt)
+        except ImportError as exc:
+            desc, why = None, f"the {fmt} exporter is not installed here ({exc})"
         if not sep or not names:
             raise ConfigError(f"--format {spec!r}: give the quantizations too, e.g. {fmt}:"
-                              f"{'q8_0,q4_k_m' if fmt == 'gguf' else 'int8,int4' if fmt == 'onnx' else '4bit'}")
-        try:
-            quantizations: dict[str, QuantSpec] | None = exporter_class(fmt).quantizations
-        except ImportError as exc:
-            quantizations, why = None, f"the {fmt} exporter is not installed here ({exc})"
+                              f"{desc.example if desc and desc.example else 'Q1,Q2'}")
+        quantizations: Mapping[str, QuantSpec] | None = desc.quantizations if desc else None
         for q in names:
             if quantizations is not None and q not in quantizations:
                 raise UnknownNameError(f"{fmt} quantization", q, list(quantizations))
@@ -119,12 +139,47 @@ def parse_targets(specs: Sequence[str]) -> list[Target]:
     return targets
 
 
-def check_available(target: Target) -> str | None:
-    """Why this machine cannot build `target` (None when it can)."""
+def parse_options(flags: Sequence[str], targets: Sequence[Target]) -> dict[str, dict[str, Any]]:
+    """`FMT.KEY=VALUE` strings (--option) -> {format: {key: typed value}}.
+
+    Each is checked against its format's descriptor (unknown format or key with a did-you-mean,
+    a value of the wrong type or out of range) and against the requested builds: an option for a
+    format or quantization that is not being built would silently do nothing, so it is an error.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for flag in flags:
+        key, eq, value = flag.partition("=")
+        fmt, dot, name = key.strip().partition(".")
+        fmt, name = fmt.strip().lower(), name.strip()
+        if not (eq and dot and fmt and name):
+            raise ConfigError(f"--option {flag}: write it as FMT.KEY=VALUE (`quantize --help` lists "
+                              "every format's options)")
+        try:
+            base.EXPORTERS.target(fmt)
+            desc = descriptor(fmt)
+            opt = desc.option(name)
+            parsed = opt.parse(value.strip(), title=desc.title)
+        except ConfigError as exc:
+            raise ConfigError(f"--option {flag}: {exc}") from None
+        except ImportError as exc:
+            raise ConfigError(f"--option {flag}: the {fmt} exporter is not installed here ({exc})") from None
+        wanted = [t.quantization for t in targets if t.format == fmt]
+        if not wanted:
+            raise ConfigError(f"--option {flag}: no {fmt} build is requested (add --format {fmt}:"
+                              f"{desc.example or 'Q1,Q2'})")
+        if not any(desc.applies(opt, q) for q in wanted):
+            raise ConfigError(f"--option {flag}: {desc.title} {name} applies to "
+                              f"{'/'.join(opt.quantizations)}, and no such {fmt} build is requested")
+        out.setdefault(fmt, {})[name] = parsed
+    return out
+
+
+def check_available(target: Target, options: Mapping[str, Any] | None = None) -> str | None:
+    """Why this machine cannot build `target` with these exporter options (None when it can)."""
     if target.unavailable:
         return target.unavailable
     try:
-        exporter_class(target.format)().check_available()
+        exporter_class(target.format)().check_available(options or {})
     except (NotAvailableError, DependencyError) as exc:
         return str(exc)
     return None
@@ -174,8 +229,13 @@ def clean_stale(out: Path) -> list[str]:
     return removed
 
 
-def existing_build(path: Path, source_sha: str, calibration_sha: str | None) -> tuple[bool, str]:
-    """(reusable, why) for a folder where a build of this name would go."""
+def existing_build(path: Path, source_sha: str, calibration_sha: str | None,
+                   build_options: Mapping[str, Any] | None = None) -> tuple[bool, str]:
+    """(reusable, why) for a folder where a build of this name would go.
+
+    `build_options` are the options that change the build (FormatDescriptor.build_options); a
+    manifest that records different ones is rebuilt, one written before they were recorded is not.
+    """
     from globmed_edge.manifest import verify_build
 
     try:
@@ -188,6 +248,10 @@ def existing_build(path: Path, source_sha: str, calibration_sha: str | None) -> 
         return False, "it was built from a different source model"
     if (manifest.calibration or {}).get("sha256") != calibration_sha:
         return False, "it was built with a different calibration set (or imatrix setting)"
+    recorded = manifest.extra.get("build_options")
+    if build_options is not None and isinstance(recorded, dict) and recorded != dict(build_options):
+        changed = [f"{k} {recorded.get(k)!r} -> {v!r}" for k, v in build_options.items() if recorded.get(k) != v]
+        return False, f"it was built with different options ({', '.join(changed) or 'another set'})"
     return True, "up to date (manifest verifies, same source)"
 
 
@@ -201,8 +265,11 @@ def _outcome_from_manifest(name: str, target: Target, path: Path, status: str, m
 
 
 @dataclass
-class _Run:
-    """State shared by the builds of one run: loaded once, on first need."""
+class QuantizeRun:
+    """State shared by the builds of one run: loaded once, on first need.
+
+    `format_options` are the parsed --option values (`parse_options`), per format.
+    """
 
     source: Path
     model_name: str
@@ -210,6 +277,7 @@ class _Run:
     opts: QuantizeOptions
     warn: Callable[[str], None]
     source_sha: str = ""
+    format_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     _calibration: Calibration | None = None
     _reference: Any = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -232,14 +300,19 @@ class _Run:
         return self._reference
 
     def uses_calibration(self, target: Target) -> bool:
-        assert target.spec is not None
-        return target.spec.needs_calibration or (target.format == "gguf" and self.opts.imatrix)
+        return descriptor(target.format).uses_calibration(target.quantization, self.export_options(target))
 
     def export_options(self, target: Target) -> dict[str, Any]:
-        if target.format != "gguf":
-            return {}
-        threads = {"threads": self.opts.threads} if self.opts.threads else {}
-        return {"imatrix": self.opts.imatrix, **threads}
+        """The options this build's exporter is given: the run-wide flags for the formats that
+        declare an option of that name, then --option values; each only where it applies."""
+        desc = descriptor(target.format)
+        given = {**_run_wide(self.opts), **self.format_options.get(target.format, {})}
+        declared = {o.name: o for o in desc.options}
+        return {k: v for k, v in given.items() if k in declared and desc.applies(declared[k], target.quantization)}
+
+    def build_options(self, target: Target) -> dict[str, Any]:
+        """The resolved options that change this build (the manifest records them)."""
+        return descriptor(target.format).build_options(target.quantization, self.export_options(target))
 
 
 def quantize(model: str | Path, opts: QuantizeOptions, *, warn: Callable[[str], None] = print) -> list[Outcome]:
@@ -247,10 +320,11 @@ def quantize(model: str | Path, opts: QuantizeOptions, *, warn: Callable[[str], 
     from globmed_edge.models import MODELS, resolve_model
 
     targets = parse_targets(opts.formats)
+    format_options = parse_options(opts.options, targets)
     source = resolve_model(model).resolve()
     info = check_source(source)
     model_name = str(model) if str(model) in MODELS else source.name
-    run = _Run(source, model_name, info, opts, warn)
+    run = QuantizeRun(source, model_name, info, opts, warn, format_options=format_options)
     outcomes: list[Outcome] = []
     with locked(opts.out):
         for name in clean_stale(opts.out):
@@ -260,7 +334,7 @@ def quantize(model: str | Path, opts: QuantizeOptions, *, warn: Callable[[str], 
             name = build_name(model_name, target)
             if not opts.progress:  # no progress bar (stderr is not a terminal): one line per build
                 warn(f"[{i}/{len(targets)}] {name}")
-            why = check_available(target)
+            why = target.unavailable or check_available(target, run.export_options(target))
             if why:
                 warn(f"warning: skipping {target.label}: {why}")
                 outcomes.append(Outcome(name, target.format, target.quantization, "unavailable", message=why))
@@ -269,12 +343,13 @@ def quantize(model: str | Path, opts: QuantizeOptions, *, warn: Callable[[str], 
     return outcomes
 
 
-def _one(run: _Run, target: Target, name: str) -> Outcome:
+def _one(run: QuantizeRun, target: Target, name: str) -> Outcome:
     final = run.opts.out / name
     try:
         cal = run.calibration() if run.uses_calibration(target) else None
         if final.exists() and not run.opts.force:
-            ok, why = existing_build(final, run.source_sha, cal.sha256 if cal else None)
+            ok, why = existing_build(final, run.source_sha, cal.sha256 if cal else None,
+                                     run.build_options(target))
             if ok:
                 run.warn(f"{name}: skipped, {why} (use --force to rebuild)")
                 return _outcome_from_manifest(name, target, final, "skipped", why)
@@ -283,7 +358,7 @@ def _one(run: _Run, target: Target, name: str) -> Outcome:
     except ParityError as exc:
         run.warn(f"error: {exc}")
         return Outcome(name, target.format, target.quantization, "failed", passed=False,
-                       parity=getattr(exc, "parity", None), message=str(exc))
+                       parity=exc.parity, message=str(exc))
     except GlobmedError as exc:
         run.warn(f"error: {name}: {exc}")
         return Outcome(name, target.format, target.quantization, "failed", message=str(exc))
@@ -320,7 +395,7 @@ def source_hash(path: Path, *, progress: bool = False) -> str:
 # ---------------------------------------------------------------------------- one build
 
 
-def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibration | None) -> tuple[Any, str]:
+def make_build(run: QuantizeRun, target: Target, name: str, final: Path, cal: Calibration | None) -> tuple[Any, str]:
     """Export, check, hash and record one build in a temporary sibling, then rename it."""
     import resource
 
@@ -332,7 +407,9 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
     from globmed_edge.quantize.parity import check_parity, enforce
 
     assert target.spec is not None
+    desc = descriptor(target.format)
     exporter = exporter_class(target.format)()
+    options = run.export_options(target)
     t0 = time.perf_counter()
     steps: dict[str, float] = {}
     bar = tqdm(total=4, desc=name, unit="step", disable=not run.opts.progress)
@@ -351,7 +428,7 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
             stage("export")
             result = exporter.export(ExportRequest(
                 source=run.source, out_dir=tmp, quantization=target.quantization, calibration=cal,
-                options=run.export_options(target), progress=lambda s: bar.set_postfix_str(s[:70]),
+                options=options, progress=lambda s: bar.set_postfix_str(s[:70]),
                 model_name=run.model_name))
             steps["export"] = round(time.perf_counter() - t0, 2)
             bar.update()
@@ -362,14 +439,11 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
             t1 = time.perf_counter()
             stage("parity")
             parity = check_parity(tmp, target.format, reference, target.spec.thresholds,
-                                  threads=run.opts.threads, progress=run.opts.progress, label=name)
+                                  threads=run.opts.threads, progress=run.opts.progress, label=name,
+                                  backend_name=desc.backend)
             steps["parity"] = round(time.perf_counter() - t1, 2)
             bar.update()
-            try:
-                enforce(parity, allow_drift=run.opts.allow_drift, label=name)
-            except ParityError as exc:
-                exc.parity = parity.to_dict()  # type: ignore[attr-defined]
-                raise
+            enforce(parity, allow_drift=run.opts.allow_drift, label=name)  # ParityError carries the result
             stage("hash")
             t2 = time.perf_counter()
             files = hash_build_files(tmp)
@@ -387,14 +461,14 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
                         "weights": list(run.info.weights), "record": _record(run.source)},
                 tokenizer=run.info.tokenizer, stop_tokens=list(result.stop_tokens),
                 calibration=_calibration_record(cal, target, result.extra),
-                tools={"globmed-edge": __version__, **result.tools, **_parity_tools(target.format)},
+                tools={"globmed-edge": __version__, **result.tools, **_parity_tools(desc.runtime_packages)},
                 parity=parity.to_dict(), allow_drift=run.opts.allow_drift,
                 wall_seconds=round(time.perf_counter() - t0 - t_ref, 2),
                 peak_rss_bytes=max(self_rss, child_rss),
                 extra={"exporter": result.extra, "seconds": steps,
                        "parity_reference_seconds": reference.seconds,
                        "peak_rss_self_bytes": self_rss, "peak_rss_children_bytes": child_rss,
-                       "options": run.export_options(target)},
+                       "options": options, "build_options": run.build_options(target)},
             )
             write_manifest(tmp, manifest)
             bar.update()
@@ -411,17 +485,18 @@ def make_build(run: _Run, target: Target, name: str, final: Path, cal: Calibrati
 def _calibration_record(cal: Calibration | None, target: Target, extra: dict[str, Any]) -> dict[str, Any] | None:
     """The calibration set given to the exporter, and whether it used it.
 
-    GGUF gets the set whenever the importance matrix is on, but applies it only to the quantization
-    types that take one (k-quants, q4_0): the exporter says so by reporting an `imatrix` in extra.
+    A format may get the set for every quantization and apply it only to some (GGUF: the
+    importance matrix, for the k-quants and q4_0): its exporter says so by reporting the
+    descriptor's `calibration.applied_key` in extra.
     """
     from globmed_edge.quantize.calibration import manifest_record
 
     if cal is None:
         return None
     assert target.spec is not None
-    needs = target.spec.needs_calibration
-    return {**manifest_record(cal), "used_for": "gptq" if needs else "imatrix",
-            "applied": bool(needs or extra.get("imatrix"))}
+    policy = descriptor(target.format).calibration
+    applied = target.spec.needs_calibration or bool(policy.applied_key and extra.get(policy.applied_key))
+    return {**manifest_record(cal), "used_for": policy.used_for, "applied": applied}
 
 
 def _record(source: Path) -> dict[str, Any] | None:
@@ -432,13 +507,12 @@ def _record(source: Path) -> dict[str, Any] | None:
     return {k: rec[k] for k in ("name", "title", "license", "source", "seed") if k in rec} if rec else None
 
 
-def _parity_tools(fmt: str) -> dict[str, str]:
+def _parity_tools(runtime_packages: Sequence[str]) -> dict[str, str]:
     """Versions of the runtimes the parity check used (build side and source side)."""
     import importlib.metadata as md
 
-    dists = {"gguf": ["llama-cpp-python"], "onnx": ["onnxruntime"], "gptq": ["gptqmodel", "optimum"]}
     out = {}
-    for dist in [*dists.get(fmt, []), "transformers", "torch", "numpy"]:
+    for dist in [*runtime_packages, "transformers", "torch", "numpy"]:
         with contextlib.suppress(md.PackageNotFoundError):
             out[dist] = md.version(dist)
     return out

@@ -55,10 +55,15 @@ def fp16_bytes(model: Path) -> int:
 
 def stage_export(model: Path, target: str, build: Path, report: Path) -> None:
     from globmed_edge.quantize.base import ExportRequest
-    from globmed_edge.quantize.runner import QuantizeOptions, _Run, check_source, parse_targets
+    from globmed_edge.quantize.runner import (
+        QuantizeOptions,
+        QuantizeRun,
+        check_source,
+        parse_targets,
+    )
 
     (t,) = parse_targets([target])
-    run = _Run(model, model.name, check_source(model), QuantizeOptions(out=build.parent), print)
+    run = QuantizeRun(model, model.name, check_source(model), QuantizeOptions(out=build.parent), print)
     cal = run.calibration() if run.uses_calibration(t) else None
     from globmed_edge.quantize.base import EXPORTERS
 
