@@ -165,6 +165,15 @@ def be(request: pytest.FixtureRequest):
         backend.close()
 
 
+def _path_tolerance(be: Any, default: float, llamacpp: float) -> float:
+    """How far `score` (context and continuation decoded as two batches) and `logprobs` (one
+    batch) may differ on this backend. With llama.cpp, KV computed in batches of other shapes
+    differs a little on its haswell (x86-64-v3) CPU kernels: 0.0054 nat for " Artemether" with the
+    SmolLM2 Q4_1 GGUF on an AVX2-only AMD EPYC; the zen4 kernels agree within 2e-3
+    (lab/results/llamacpp-score-paths-2026-12-03)."""
+    return llamacpp if be.name in ("llamacpp", "isolated") else default
+
+
 def _decode(be: Any, ids: list[int]) -> str:
     """The backend's own detokenizer (not part of the protocol), skipping special tokens."""
     if be.name in ("llamacpp", "isolated"):
@@ -283,7 +292,8 @@ def test_logprobs_shape_normalisation_and_score_consistency(be):
     assert np.allclose(np.exp(lp.astype(np.float64)).sum(-1), 1.0, atol=1e-3)
     n_ctx = len(be.tokenize(MCQ, add_special=True))
     direct = sum(float(lp[i - 1, ids[i]]) for i in range(n_ctx, len(ids)))
-    assert be.score([ScoreRequest(MCQ, " Artemether")])[0].logprob == pytest.approx(direct, abs=2e-3)
+    assert be.score([ScoreRequest(MCQ, " Artemether")])[0].logprob == pytest.approx(
+        direct, abs=_path_tolerance(be, 2e-3, 0.02))
     assert np.array_equal(be.logprobs(ids), lp) or np.abs(be.logprobs(ids) - lp).max() < 1e-4
 
 

@@ -346,6 +346,23 @@ class LlamaCppBackend:
                 start = end
             return np.concatenate(rows)
 
+    def _decode_afresh_if_cached(self, tokens: Sequence[int]) -> None:
+        """Forget the cache when it already holds all of `tokens` but their last logits.
+
+        Those logits would then come from the last token decoded alone, and llama.cpp's one-token
+        and batched matrix paths differ: by 0.12 nat over a 3-token continuation of the SmolLM2
+        Q4_1 GGUF with the haswell (x86-64-v3) kernels (2e-3 with zen4's;
+        lab/results/llamacpp-score-paths-2026-12-03). A context scored twice would score
+        differently the second time; decoded afresh, it scores as it did the first time.
+        """
+        import numpy as np
+
+        state = loaded(self._state)
+        arr = np.asarray(tokens, dtype=np.intc)
+        with self._lock:
+            if len(arr) > 1 and state.common_prefix(arr, len(arr)) >= len(arr) - 1:
+                state.clear()
+
     # ------------------------------------------------------------------ generation
 
     def stream(self, request: GenerationRequest, *, cancel: threading.Event | None = None
@@ -387,6 +404,7 @@ class LlamaCppBackend:
         results = ScoreCollector(len(requests))
         for group in score_groups(requests, lambda s: self.tokenize(s, add_special=True)):
             ctx = group.prefix
+            self._decode_afresh_if_cached(ctx)
             last = log_softmax(self._advance(ctx, len(ctx) - 1))
             scored = []
             for cont, skip in zip(group.continuations, group.skip, strict=True):
