@@ -200,7 +200,7 @@ class Recommendation:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (NaN, which JSON lacks, becomes null)."""
-        return _clean(asdict(self))  # type: ignore[no-any-return]
+        return _clean(asdict(self))
 
 
 def _clean(value: Any) -> Any:

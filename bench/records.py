@@ -198,7 +198,7 @@ def from_dict(data: Any, where: str = "record") -> Record:
     except TypeError as exc:
         raise DataError(f"{where}: bad {kind} record ({exc})") from None
     _check_types(rec, where)
-    return rec  # type: ignore[no-any-return]
+    return rec
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

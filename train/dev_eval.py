@@ -40,7 +40,7 @@ def dev_accuracy(model: Any, tokenizer: Any, items: Sequence[MCQItem]) -> dict[s
     return out
 
 
-class DevEvalCallback(TrainerCallback):  # type: ignore[misc]
+class DevEvalCallback(TrainerCallback):
     """Scores the dev items at step 0, every `every` steps (0 = only at the end) and at the end."""
 
     def __init__(self, items: Sequence[MCQItem], tokenizer: Any, every: int) -> None:

@@ -93,15 +93,15 @@ def chat(build: str | None, prompt: str | None, lang: str | None, max_tokens: in
     require("textual", "tui")
     from globmed_edge.tui.app import make_app
 
-    path = resolve_build(build, models=True) if build else None
-    if path is not None:
-        _check_build(path, unverified)
+    chosen = resolve_build(build, models=True) if build else None
+    if chosen is not None:
+        _check_build(chosen, unverified)
     store = _open_store(db, fresh_history)
     if not lang and not os.environ.get("GLOBMED_EDGE_LANG"):  # the language chosen last time (F4)
         remembered = store.get_setting("ui_lang")
         language = normalize(remembered) if remembered else language
     try:
-        make_app(path, lang=language, store=store, max_new_tokens=max_tokens,
+        make_app(chosen, lang=language, store=store, max_new_tokens=max_tokens,
                  conversation=conversation, backend_factory=factory,
                  repetition_penalty=repetition_penalty, export_dir=export_dir).run()
     finally:

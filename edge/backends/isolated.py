@@ -275,7 +275,7 @@ class _Child:
                 on_cancel = None  # once
             try:
                 if self.conn.poll(_POLL_S):
-                    return tuple(self.conn.recv())  # type: ignore[return-value]
+                    return tuple(self.conn.recv())
             except (EOFError, OSError):
                 raise self.crash() from None
             if not self.alive and not self.conn.poll(0):
@@ -418,7 +418,7 @@ class IsolatedBackend:
         return list(self._call("score", list(requests)))
 
     def logprobs(self, token_ids: Sequence[int]) -> np.ndarray:
-        return self._call("logprobs", list(token_ids))  # type: ignore[no-any-return]
+        return self._call("logprobs", list(token_ids))
 
     def memory(self) -> MemoryReport:
         report: MemoryReport = self._call("memory")

@@ -100,7 +100,7 @@ def _route_logs(module: ModuleType) -> None:
     """Send llama.cpp's (and ggml's) log output to the backend's logger at DEBUG, not stderr."""
     global _log_callback
 
-    @module.llama_log_callback  # type: ignore[untyped-decorator]
+    @module.llama_log_callback
     def callback(level: int, text: bytes, user_data: Any) -> None:
         line = (text or b"").decode("utf-8", "replace").strip()
         if line:

@@ -75,7 +75,7 @@ def list_(build_roots: tuple[Path, ...], as_json: bool) -> None:
         click.echo(json.dumps({"models": model_rows, "builds": build_rows}, indent=2))
         return
     click.echo(table(["model", "prepared", "license", "languages"],
-                     [[r["name"] + (" (default)" if r["default"] else ""), "yes" if r["prepared"] else "no",
+                     [[str(r["name"]) + (" (default)" if r["default"] else ""), "yes" if r["prepared"] else "no",
                        r["license"], r["languages"]] for r in model_rows]))
     click.echo()
     if build_rows:

@@ -451,7 +451,7 @@ def read_csv(path: Path, mapping: CsvMapping, defaults: Defaults = Defaults()) -
                 "license": _cell(row, mapping.license, defaults.license),
             }
             if _cell(row, mapping.rationale, None):
-                rec["rationale"] = row[mapping.rationale]  # type: ignore[index]
+                rec["rationale"] = row[mapping.rationale]
             n += 1
             yield _item_or_problem(path, lineno, rec)
 
