@@ -9,7 +9,9 @@ any step by hand, and ends with where the report is and the command that opens t
 Usage: python scripts/demo.py [--bin .venv/bin] [--out report/demo] [--limit 6]
 
 Builds go to the data directory (GLOBMED_EDGE_HOME or the platform default), where `chat` finds
-them; results and the report go to --out. A format this machine cannot build (GGUF without
+them; results and the report go to --out. Each run measures anew: `bench run --force` sets the
+earlier records of these builds aside (results.replaced-<time>.jsonl, nothing lost), so a rerun
+with another data home does not recommend builds of the last one. A format this machine cannot build (GGUF without
 llama-cpp-python) is reported by quantize as unavailable and left out of the rest. Stdlib only.
 """
 
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     data_args = ["--data", str(data)] if data.is_dir() else []  # else bench's default: the packaged sample
     run([ge, "bench", "run", source, *[b["path"] for b in builds], "--reference", source, *data_args,
          "--langs", LANGS, "--limit", args.limit, "--throughput", "--threads", "auto", "--repeats", "3",
-         "--new-tokens", "32", "--out", str(results)])
+         "--new-tokens", "32", "--force", "--out", str(results)])
     run([ge, "bench", "report", str(results), "--out", str(out)])
     tier, langs = CLINIC
     run([ge, "bench", "recommend", "--results", str(results), "--ram", tier, "--langs", langs])

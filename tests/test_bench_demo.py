@@ -71,4 +71,5 @@ def test_demo_runs_the_main_job_commands(monkeypatch: pytest.MonkeyPatch, tmp_pa
     bench_run = calls[2]
     assert str(model) in bench_run and str(build) in bench_run and "m-onnx-int4" not in " ".join(bench_run)
     assert bench_run[bench_run.index("--threads") + 1] == "auto" and "--throughput" in bench_run
+    assert "--force" in bench_run  # a rerun measures anew, never recommends the last data home's builds
     assert calls[-1][:3] == ["/venv/bin/globmed-edge", "chat", str(build)] and "--prompt" in calls[-1]
