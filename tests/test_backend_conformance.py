@@ -32,6 +32,7 @@ from globmed_edge.backends.base import (
     ScoreRequest,
     TokenEvent,
 )
+from globmed_edge.backends.isolated import IsolatedBackend
 from globmed_edge.errors import BackendError
 
 TEXTS = [
@@ -192,6 +193,7 @@ def _stream(be: Any, request: GenerationRequest, cancel: threading.Event | None 
 def test_protocol(be):
     assert isinstance(be, Backend)
     if be.name == "isolated":
+        assert isinstance(be, IsolatedBackend)
         assert be.alive and be.pid != os.getpid() and BACKENDS.load(be.runtime).name == be.runtime
     else:
         assert BACKENDS.load(be.name) is type(be)

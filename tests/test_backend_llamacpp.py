@@ -7,12 +7,13 @@ import logging
 import shutil
 import threading
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
 
 from globmed_edge.backends import detect_format, open_backend
-from globmed_edge.backends.base import Backend, GenerationRequest, Message, ScoreRequest
+from globmed_edge.backends.base import Backend, GenerationRequest, Message, Role, ScoreRequest
 from globmed_edge.errors import BackendError, ConfigError, ManifestError, ModelError
 
 pytestmark = pytest.mark.gguf
@@ -172,7 +173,8 @@ def test_gguf_without_chat_template(smollm2_gguf, tmp_path):
 def test_greedy_stream_matches_llama_cpp_chat_completion(be):
     messages = [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": "What are the signs of dehydration in a child?"}]
-    req = GenerationRequest(tuple(Message(m["role"], m["content"]) for m in messages), max_new_tokens=16)
+    req = GenerationRequest(tuple(Message(cast(Role, m["role"]), m["content"]) for m in messages),
+                            max_new_tokens=16)
     events = list(be.stream(req))
     assert events[0].prompt_tokens == len(be.tokenize(be.render_chat(req.messages)))
     assert [e.index for e in events] == list(range(len(events)))
@@ -359,6 +361,7 @@ def test_build_manifest_verified_and_tampering_refused(smollm2_gguf, tmp_path):
     assert detect_format(build) == "gguf"
     be = open_backend(build)
     be.load()
+    assert isinstance(be, LlamaCppBackend) and be.model_file is not None
     assert be.manifest.quantization == "q4_1" and be.model_file.name == "model-q4_1.gguf"
     be.close()
     (build / "README.txt").write_text("changed\n", encoding="utf-8")
@@ -534,6 +537,7 @@ def test_threads_auto_adapts_before_each_answer(smollm2_gguf, monkeypatch):
 
 
 def test_chat_opens_gguf_builds_with_auto_threads(smollm2_gguf, tmp_path, monkeypatch):
+    from globmed_edge.backends.isolated import IsolatedBackend
     from globmed_edge.trust import UNVERIFIED_ENV, permit_unverified
     from globmed_edge.tui.loader import default_factory
 
@@ -546,7 +550,8 @@ def test_chat_opens_gguf_builds_with_auto_threads(smollm2_gguf, tmp_path, monkey
     permit_unverified([build])  # what `chat BUILD --unverified` does
     be = default_factory(build)
     # served from a child process (a native crash ends the answer, not the app), with "auto" threads
-    assert be.name == "isolated" and be.runtime == "llamacpp" and be.options["threads"] == "auto"
+    assert be.name == "isolated" and isinstance(be, IsolatedBackend)
+    assert be.runtime == "llamacpp" and be.options["threads"] == "auto"
 
 
 def test_user_text_cannot_open_a_turn(smollm2_gguf):

@@ -55,7 +55,10 @@ def pair(tiny_onnx, tiny_model):
 
 def test_protocol_and_detection(tiny_onnx, pair):
     assert detect_format(tiny_onnx) == "onnx"
+    from globmed_edge.backends.onnx_backend import OnnxBackend
+
     assert isinstance(pair[0], Backend) and pair[0].name == "onnx"
+    assert isinstance(pair[0], OnnxBackend)
     assert pair[0].session.get_session_options().intra_op_num_threads == 1
 
 
@@ -154,6 +157,9 @@ def test_build_with_manifest_loads_and_tampering_is_refused(tiny_onnx, tmp_path)
     build = _with_manifest(tiny_onnx, tmp_path / "build")
     be = open_backend(build)
     be.load()
+    from globmed_edge.backends.onnx_backend import OnnxBackend
+
+    assert isinstance(be, OnnxBackend)
     assert be.manifest.format == "onnx" and be.tokenize("hi")
     be.close()
     cfg = build / "genai_config.json"

@@ -9,16 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from globmed_edge.bench.drift import compute_drift, drift_records
-from globmed_edge.mcq.extract import extract_answer
 from globmed_edge.bench.records import (
     AccuracyRecord,
     BuildInfo,
+    Record,
     ResultsFile,
     iter_records,
     merge,
@@ -29,11 +30,20 @@ from globmed_edge.bench.tasks import TaskSpec, items_hash, load_task, pick_shots
 from globmed_edge.cli.main import cli
 from globmed_edge.data.schema import MCQItem
 from globmed_edge.errors import ConfigError, DataError
+from globmed_edge.mcq.extract import extract_answer
 
 
 def mcq(i: int, lang: str = "en", split: str = "test", answer: str = "A", dataset: str = "d") -> MCQItem:
     return MCQItem(id=f"{dataset}-{split}-{lang}-{i}", dataset=dataset, lang=lang, split=split,
                    question=f"q{i}", options={"A": "a", "B": "b", "C": "c"}, answer=answer)
+
+
+def only_accuracy(records: Iterable[Record]) -> list[AccuracyRecord]:
+    """`records`, asserted to be accuracy records only (what `bench run` writes), typed as such."""
+    recs = list(records)
+    accs = [r for r in recs if isinstance(r, AccuracyRecord)]
+    assert accs == recs
+    return accs
 
 
 # --- statistics (values computed by hand / from the binomial distribution) ---------------------
@@ -114,9 +124,10 @@ def test_results_file_resume_and_truncated_tail(tmp_path: Path) -> None:
     with open(path, "ab") as fh:  # a run killed in the middle of a write
         fh.write(b'{"type": "accuracy", "build": {"na')
     again = ResultsFile(path)
-    assert len(again.records) == 2 and again.records[0].pred == ("A", "A", "A", "B")
+    assert len(again.records) == 2 and isinstance(again.records[0], AccuracyRecord)
+    assert again.records[0].pred == ("A", "A", "A", "B")
     again.append(acc_record("b", "AAAA"))
-    assert [r.build.name for r in iter_records(path)] == ["a", "a", "b"]  # tail repaired, nothing lost
+    assert [r.build.name for r in only_accuracy(iter_records(path))] == ["a", "a", "b"]  # tail repaired, nothing lost
 
 
 def test_records_reject_unknown_keys_and_versions(tmp_path: Path) -> None:
@@ -139,7 +150,7 @@ def test_merge_keeps_first_of_each_key(tmp_path: Path) -> None:
     ResultsFile(b).append(acc_record("x", "BBBB"))
     ResultsFile(b).append(acc_record("y", "BBBB"))
     recs = merge([a, b])
-    assert [(r.build.name, r.accuracy) for r in recs] == [("x", 1.0), ("y", 0.0)]
+    assert [(r.build.name, r.accuracy) for r in only_accuracy(recs)] == [("x", 1.0), ("y", 0.0)]
 
 
 # --- drift ---------------------------------------------------------------------------------------
@@ -200,7 +211,7 @@ def test_bench_cli_runs_resumes_and_reports(default_model: Path, sample_mcq: Pat
             "--limit", "3", "--out", str(out)]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
-    recs = list(iter_records(out))
+    recs = only_accuracy(iter_records(out))
     assert sorted(x.lang for x in recs) == ["en", "sw"]
     for x in recs:
         assert isinstance(x, AccuracyRecord) and x.n == 3 and len(x.pred) == 3
@@ -220,12 +231,12 @@ def test_bench_cli_runs_resumes_and_reports(default_model: Path, sample_mcq: Pat
     assert "--force: 2 earlier record(s)" in forced.output and "skipped" not in forced.output
     (aside,) = tmp_path.glob("results.jsonl.replaced-*.jsonl")
     assert aside.read_bytes() == before
-    again = list(iter_records(out))
+    again = only_accuracy(iter_records(out))
     assert sorted(x.lang for x in again) == ["en", "sw"] and [x.pred for x in again] == [x.pred for x in recs]
     # without --limit every item is scored: said up front with the count, and the time left per language
     full = CliRunner().invoke(cli, [*args[:-4], "--out", str(tmp_path / "all.jsonl")])
     assert full.exit_code == 0, full.output
-    n = sum(x.n for x in iter_records(tmp_path / "all.jsonl"))
+    n = sum(x.n for x in only_accuracy(iter_records(tmp_path / "all.jsonl")))
     assert f"note: no --limit: every item is scored, {n} per build x 1 build(s)" in full.output
     assert "s left for this build" in full.output
     rep = CliRunner().invoke(cli, ["bench", "report", str(out), "--out", str(tmp_path / "rep"), "--no-charts"])
@@ -249,11 +260,11 @@ def test_killed_run_resumes_without_redoing_records(default_model: Path, sample_
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and its per-build child process, right after record 1
     proc.wait()
-    done = {(r.lang, r.items_hash): r for r in iter_records(out)} if out.is_file() else {}
+    done = {(r.lang, r.items_hash): r for r in only_accuracy(iter_records(out))} if out.is_file() else {}
     assert 1 <= len(done) < len(langs), f"the kill did not land mid-run ({len(done)} records)"
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    final = list(iter_records(out))
+    final = only_accuracy(iter_records(out))
     assert sorted(x.lang for x in final) == langs  # every language once: nothing redone or lost
     for x in final:  # the records written before the kill are kept as they were, not redone
         if (x.lang, x.items_hash) in done:

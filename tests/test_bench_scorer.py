@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
-from globmed_edge.backends.base import ScoreRequest, ScoreResult
+from globmed_edge.backends.base import Backend, ScoreRequest, ScoreResult
 from globmed_edge.data.schema import MCQItem
 from globmed_edge.errors import ConfigError
 from globmed_edge.mcq.prompts import PromptTemplate, mcq_prompt
 from globmed_edge.mcq.scorer import ItemScore, accuracy_by_lang, score_mcq, softmax
 
 
-def item(i: int, lang: str = "en", split: str = "test", answer: str = "B", **kw: object) -> MCQItem:
+def item(i: int, lang: str = "en", split: str = "test", answer: str = "B", **kw: Any) -> MCQItem:
     opts = kw.pop("options", {"A": f"alpha {i}", "B": f"beta {i}", "C": f"gamma {i}", "D": f"delta {i}"})
     return MCQItem(f"t-{split}-{i}", "t", lang, split, kw.pop("question", f"Question number {i}?"),
                    opts, answer)
@@ -84,7 +85,7 @@ def test_scorer_rules_by_hand() -> None:
     it = item(1, answer="C", options={"A": "aa", "B": "bbbbbbbbb", "C": "c"})
     # letter: B wins. text / len(option text): A -3/2 = -1.5, B -4/9 = -0.444, C -1.5/1 = -1.5
     be = FakeBackend({" A": -2.0, " B": -0.5, " C": -1.0, " aa": -3.0, " bbbbbbbbb": -4.0, " c": -1.5})
-    (s,) = score_mcq(be, [it])
+    (s,) = score_mcq(cast(Backend, be), [it])  # score_mcq only calls score()
     assert s.pred_letter == "B" and s.pred_text == "B"
     assert s.letter_logprobs == (-2.0, -0.5, -1.0)
     assert s.text_logprobs_norm == pytest.approx((-1.5, -4 / 9, -1.5))
@@ -95,7 +96,7 @@ def test_scorer_rules_by_hand() -> None:
 def test_scorer_batches_and_keeps_order() -> None:
     items = [item(i, answer="A") for i in range(5)]
     be = FakeBackend({})
-    scores = score_mcq(be, items, batch_items=2)
+    scores = score_mcq(cast(Backend, be), items, batch_items=2)
     assert [s.item_id for s in scores] == [i.id for i in items]
     assert [len(c) for c in be.calls] == [16, 16, 8]
     # ties go to the first option
@@ -104,7 +105,7 @@ def test_scorer_batches_and_keeps_order() -> None:
 
 def test_scorer_nan_never_wins() -> None:
     be = FakeBackend({" A": math.nan, " B": -5.0})
-    (s,) = score_mcq(be, [item(1, options={"A": "x", "B": "y"})])
+    (s,) = score_mcq(cast(Backend, be), [item(1, options={"A": "x", "B": "y"})])
     assert s.pred_letter == "B" and s.letter_logprobs[0] == -math.inf
 
 

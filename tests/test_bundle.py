@@ -219,17 +219,22 @@ def test_from_results_picks_what_the_recommendation_picks(q4km: Path, tmp_path: 
     from test_bench_recommend import two_language_records, write
 
     from globmed_edge.bench.recommend import recommend
+    from globmed_edge.bench.records import DriftRecord, Record
     from globmed_edge.bundle.create import from_results
 
     builds = {}
     for name in ("big", "small"):
         builds[name] = tmp_path / name
         shutil.copytree(q4km, builds[name])
-    recs = [replace(r, build=replace(r.build, path=str(builds[r.build.name]))) if r.build.name in builds else r
-            for r in two_language_records()]
+    recs: list[Record] = []
+    for rec in two_language_records():
+        assert not isinstance(rec, DriftRecord)  # accuracy and throughput records only: each has a BuildInfo
+        recs.append(replace(rec, build=replace(rec.build, path=str(builds[rec.build.name])))
+                    if rec.build.name in builds else rec)
     results = write(recs, tmp_path / "results.jsonl")
     for langs in (["en", "sw"], ["en"]):
         want = recommend(recs, ram_gb=4, langs=langs).choice
+        assert want is not None
         sel = from_results([results], [4], langs)
         assert sel.builds == [builds[want]] and sel.tiers[0]["choice"] == want
         assert sel.records and {r["build"]["name"] for r in sel.records} == {want}

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import pytest
 
@@ -76,7 +76,7 @@ class ScriptedBackend:
                 os.kill(os.getpid(), signal.SIGSEGV if prompt == "segv" else signal.SIGABRT)
             time.sleep(self.delay)
             last = i == len(words) - 1
-            end = ("length" if len(words) < len(WORDS) else "stop") if last else None  # "length": cut at the budget
+            end: Literal["length", "stop"] | None = ("length" if len(words) < len(WORDS) else "stop") if last else None  # "length": cut at the budget
             yield TokenEvent(word, i, time.perf_counter(), token_id=i,
                              finish_reason=end, prompt_tokens=len(prompt) if i == 0 else None)
 
@@ -182,6 +182,7 @@ def test_the_child_is_outside_the_terminals_process_group():
     """Ctrl+C goes to the foreground process group: only the parent may receive it."""
     be = _open()
     try:
+        assert be.pid is not None
         assert os.getpgid(be.pid) != os.getpgid(0)
     finally:
         be.close()
@@ -199,6 +200,7 @@ def test_the_child_dies_with_its_parent(tmp_path):
         "time.sleep(60)\n", encoding="utf-8")
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
+        assert parent.stdout is not None
         child = int(parent.stdout.readline())
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=10)
@@ -255,7 +257,12 @@ def test_a_runtime_child_starts_with_the_builds_its_parent_verified(tmp_path, mo
     trust.seed_memo(snapshot)
     hashed: list[Path] = []
     real = trust.require_valid_build
-    monkeypatch.setattr(trust, "require_valid_build", lambda f: hashed.append(f) or real(f))
+
+    def counting(f: Path) -> object:
+        hashed.append(f)
+        return real(f)
+
+    monkeypatch.setattr(trust, "require_valid_build", counting)
     assert trust.check_model(build).status == "verified" and hashed == []
     (build / "b-q8_0.gguf").write_bytes(b"GGUF" + bytes(101))  # changed since the parent checked
     with pytest.raises(trust.ManifestError):

@@ -7,6 +7,7 @@ import json
 import re
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_tui_app import ask, make_app, ready, until
@@ -44,7 +45,7 @@ PROBES_2026 = (
 )
 
 # Lingala: in no packaged pack. Test data only: the words are not a reviewed clinical list.
-LINGALA = {
+LINGALA: dict[str, Any] = {
     "schema_version": 1, "code": "ln", "name": "Lingala", "native": "Lingála", "script": "Latn",
     "direction": "ltr", "resource": "low",
     "answer_markers": ["eyano(?:\\s+ezali)?"],

@@ -219,7 +219,7 @@ def test_the_runner_drives_a_new_format_through_quantize_option(copy_format, tin
     m, problems = verify_build(build)
     assert problems == [] and m.format == "copy" and m.calibration is None
     assert m.extra["options"] == {"stamp": 7} and m.extra["build_options"] == {"stamp": 7}
-    assert "safetensors" in m.tools and m.parity["top1_agreement"] == 1.0
+    assert "safetensors" in m.tools and m.parity is not None and m.parity["top1_agreement"] == 1.0
     assert copy_format.calls == [{"stamp": 7}], "the run-wide --threads is not a copy option"
 
     opts = QuantizeOptions(out=out, formats=("copy:same",), options=("copy.stamp=7",), threads=1)

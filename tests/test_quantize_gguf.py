@@ -118,7 +118,8 @@ def test_registry_and_specs():
     order = ["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"]
     kl = [gg.QUANTIZATIONS[q].thresholds.max_mean_kl for q in order]
     top1 = [gg.QUANTIZATIONS[q].thresholds.min_top1_agreement for q in order]
-    bits = [gg.QUANTIZATIONS[q].bits_per_weight for q in order]
+    bits = [b for q in order if (b := gg.QUANTIZATIONS[q].bits_per_weight) is not None]
+    assert len(bits) == len(order)  # every level states its bits per weight
     assert kl == sorted(kl) and top1 == sorted(top1, reverse=True) and bits == sorted(bits, reverse=True)
     assert all(s.help and not s.needs_calibration for s in gg.QUANTIZATIONS.values())
 
@@ -205,7 +206,7 @@ def qwen3_builds(tiny_model, tmp_path_factory) -> dict[str, Any]:
 def llama_builds(tiny_llama, tmp_path_factory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("gguf-llama")
     f16, r16 = _export(tiny_llama, base / "f16", "f16")
-    out = {"f16": f16, "results": {"f16": r16}}
+    out: dict[str, Any] = {"f16": f16, "results": {"f16": r16}}
     for q in ("q8_0", "q4_k_m"):
         out[q] = base / f"{q}.gguf"
         gg.quantize(f16, out[q], q, imatrix_npz=None, threads=0, say=lambda _s: None, timeout=600)
@@ -307,6 +308,7 @@ def _tiny_arch(kind: str, tok_src: Path, out: Path) -> Path:
                   initializer_range=0.05, tie_word_embeddings=True,
                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id)
+    config: transformers.PreTrainedConfig
     if kind == "qwen2":
         config = transformers.Qwen2Config(**common)
     else:
@@ -374,7 +376,7 @@ def test_qwen2_and_gemma3_convert(kind, arch, tiny_model, tmp_path):
     # transformers 5 loads a qwen2 folder's BPE tokenizer as Qwen2Tokenizer, which applies Qwen2's
     # pre-tokenizer regex over the SmolLM2 vocabulary: a combination the converter cannot name,
     # so the `pre_tokenizer` option tells llama.cpp to do the same (checked token by token below).
-    options = {"pre_tokenizer": "qwen2"} if kind == "qwen2" else {}
+    options: dict[str, Any] = {"pre_tokenizer": "qwen2"} if kind == "qwen2" else {}
     path, res = _export(src, tmp_path / "f16", "f16", **options)
     assert res.extra["architecture"] == arch
     assert _meta(path, "tokenizer.ggml.model") == ("llama" if kind == "gemma3-spm" else "gpt2")

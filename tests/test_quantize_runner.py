@@ -224,7 +224,7 @@ def test_manifest_has_every_field_and_verifies(fp32_run, tiny_model):
     assert m.stop_tokens == ["<|im_end|>"] or m.stop_tokens
     assert m.calibration is None  # ONNX weight-only quantization uses no calibration set
     assert {"globmed-edge", "onnxruntime", "onnxruntime-genai", "transformers"} <= set(m.tools)
-    assert m.parity["passed"] and m.allow_drift is False
+    assert m.parity is not None and m.parity["passed"] and m.allow_drift is False
     assert set(m.extra["seconds"]) == {"export", "parity", "hash"}
     assert find_builds([out]) == [build]
 
@@ -286,14 +286,15 @@ def test_drift_beyond_thresholds_fails_unless_allowed(fp32_run, tiny_model, tmp_
     (kept,) = quantize(tiny_model, QuantizeOptions(out=out, formats=("onnx:int4",), allow_drift=True),
                        warn=warnings.append)
     assert kept.status == "built" and kept.passed is False and kept.allow_drift is True
+    assert kept.path is not None
     m = load_manifest(Path(kept.path))
-    assert m.allow_drift is True and m.parity["passed"] is False and m.parity["failures"]
+    assert m.allow_drift is True and m.parity is not None and m.parity["passed"] is False and m.parity["failures"]
     # int4 drifts where fp32 does not: the expected ordering of the numbers
     fp32 = fp32_run[1][0].parity
     assert m.parity["mean_kl"] > 100 * max(fp32["mean_kl"], 1e-9)
     assert m.parity["top1_agreement"] < fp32["top1_agreement"]
     assert m.parity["tokens_identical"], "quantization must not change tokenization"
-    assert m.bits_per_weight < 8
+    assert m.bits_per_weight is not None and m.bits_per_weight < 8
 
 
 @pytest.mark.onnx
@@ -382,8 +383,9 @@ def test_default_model_gguf_builds_pass_parity(default_model, tmp_path):
     for o in outcomes:
         assert o.status == "built", o.message
         assert o.passed, o.parity
+        assert o.path is not None
         m, problems = verify_build(Path(o.path))
-        assert problems == [] and m.parity["tokens_identical"] and m.parity["chat_prompt_identical"]
+        assert problems == [] and m.parity is not None and m.parity["tokens_identical"] and m.parity["chat_prompt_identical"]
         assert m.calibration is None and m.stop_tokens
 
 
@@ -408,8 +410,10 @@ def test_calibration_record_says_whether_it_was_applied(mixed_data):
     k_quant = Target("gguf", "q4_k_m", dataclasses.replace(gptq.QUANTIZATIONS["4bit"], needs_calibration=False))
     assert _calibration_record(None, k_quant, {}) is None
     plain = _calibration_record(cal, k_quant, {})
+    assert plain is not None
     assert plain["sha256"] == cal.sha256 and plain["applied"] is False and plain["used_for"] == "imatrix"
     assert plain["languages"] == ["am", "ar", "en", "sw"] and plain["texts"] == len(cal.texts)
-    assert _calibration_record(cal, k_quant, {"imatrix": {"sha256": "x"}})["applied"] is True
+    with_imatrix = _calibration_record(cal, k_quant, {"imatrix": {"sha256": "x"}})
+    assert with_imatrix is not None and with_imatrix["applied"] is True
     rec = _calibration_record(cal, Target("gptq", "4bit", gptq.QUANTIZATIONS["4bit"]), {})
-    assert rec["used_for"] == "gptq" and rec["applied"] is True
+    assert rec is not None and rec["used_for"] == "gptq" and rec["applied"] is True

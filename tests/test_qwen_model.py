@@ -185,6 +185,7 @@ def test_packaged_build_manifest_verifies(tmp_path: Path, monkeypatch: pytest.Mo
     gguf_file = cache / "tiny.gguf"
     _tiny_gguf(gguf_file)
     spec = MODELS[QWEN_CODER]
+    assert spec.packaged_build is not None
     build = register_packaged_build(spec, gguf_file)
     assert build == packaged_build_path(spec) == tmp_path / "home" / "builds" / spec.packaged_build
     manifest, problems = verify_build(build)

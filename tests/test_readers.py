@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from globmed_edge.data.readers import CsvMapping, Defaults, detect_format, iter_items, read
+from globmed_edge.data.schema import MCQItem
 from globmed_edge.data.validate import scan
 from globmed_edge.errors import DataError
 
@@ -87,9 +88,11 @@ def test_globmed_layout_streams_json_arrays(tmp_path):
         {"question": "ما هو؟", "options": ["نعم", "لا"], "answer": "A"}, ensure_ascii=False) + "\n", encoding="utf-8")
     assert detect_format(root) == "globmed"
     items = list(iter_items([root]))
-    assert [(i.lang, i.split, i.answer) for i in items] == [("ar", "test", "A"), ("sw", "train", "B"),
+    mcqs = [i for i in items if isinstance(i, MCQItem)]
+    assert mcqs == items
+    assert [(i.lang, i.split, i.answer) for i in mcqs] == [("ar", "test", "A"), ("sw", "train", "B"),
                                                              ("sw", "train", "B"), ("sw", "train", "B")]
-    assert items[1].id == "globmed-sw-train-0" and items[3].rationale == "because"
+    assert mcqs[1].id == "globmed-sw-train-0" and mcqs[3].rationale == "because"
 
 
 def test_globmed_truncated_array_reports_line(tmp_path):
@@ -125,7 +128,9 @@ def test_mmedbench(tmp_path):
     assert detect_format(f) == "mmedbench"
     recs = list(read(f))
     assert recs[0].item is not None and recs[0].item.lang == "fr" and recs[0].item.split == "test"
+    assert isinstance(recs[0].item, MCQItem)
     assert recs[0].item.answer == "B" and recs[0].item.rationale == "r"
+    assert recs[1].problem is not None and recs[2].problem is not None
     assert "multi-answer" in recs[1].problem.reason
     assert "disagree" in recs[2].problem.reason
 
@@ -136,6 +141,7 @@ def test_csv_with_mapping(tmp_path):
                  encoding="utf-8")
     mapping = CsvMapping.from_pairs(["id=qid", "question=Question", "answer=Correct", "options=opa,opb,opc"])
     recs = list(read(f, defaults=Defaults(lang="en", split="test", dataset="csvset"), mapping=mapping))
+    assert isinstance(recs[0].item, MCQItem) and isinstance(recs[1].item, MCQItem)
     assert recs[0].item.options == {"A": "yes", "B": "no"}
     assert recs[1].item.answer == "C" and recs[1].item.question == "Multi\nline"
     assert recs[2].problem is not None and recs[2].line == 5 and "'E'" in recs[2].problem.reason
@@ -146,6 +152,7 @@ def test_csv_missing_columns(tmp_path):
     f.write_text("question,A,B\nQ,x,y\n", encoding="utf-8")
     recs = list(read(f))
     assert len(recs) == 1 and recs[0].line == 1
+    assert recs[0].problem is not None
     assert "missing column(s): answer, lang, split" in recs[0].problem.reason
 
 

@@ -8,11 +8,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from globmed_edge.backends.base import (
+    Backend,
     GenerationRequest,
     Message,
     StreamEvents,
@@ -62,9 +64,10 @@ class LoopingBackend:
             answer.append(token)
 
 
-def _answer(tmp_path: Path, **kw: float) -> tuple[ChatSession, ChatStore]:
+def _answer(tmp_path: Path, **kw: Any) -> tuple[ChatSession, ChatStore]:
     store = ChatStore(tmp_path / "h.sqlite3")
-    s = ChatSession(LoopingBackend(), store=store, lang="fr", max_new_tokens=40, **kw)
+    # a partial fake: the session only streams from it
+    s = ChatSession(cast(Backend, LoopingBackend()), store=store, lang="fr", max_new_tokens=40, **kw)
     s.add_question("Mon enfant a la diarrhée, que faire ?")
     list(s.stream_answer())
     return s, store
@@ -72,14 +75,17 @@ def _answer(tmp_path: Path, **kw: float) -> tuple[ChatSession, ChatStore]:
 
 def test_a_backend_that_repeats_itself_is_stopped_by_the_guard(tmp_path):
     off, store_off = _answer(tmp_path / "off", repetition_penalty=1.0)
+    assert off.conv_id is not None
     looped = store_off.messages(off.conv_id)[-1]
     assert looped.status == "cut" and looped.content.count("la rue bleue") >= 10
     assert looped.meta["repetition_penalty"] == 1.0 and looped.meta["max_new_tokens"] == 40
 
     on, store_on = _answer(tmp_path / "on")  # the chat's default guard
+    assert on.conv_id is not None
     guarded = store_on.messages(on.conv_id)[-1]
     assert guarded.status == "complete" and guarded.content.count("la rue bleue") <= 1
     assert guarded.meta["repetition_penalty"] == DEFAULT_REPETITION_PENALTY
+    assert isinstance(on.backend, LoopingBackend)
     assert on.backend.requests[0].repetition_penalty == DEFAULT_REPETITION_PENALTY
     assert guarded.lang == "fr" or guarded.lang == ""  # detected from the text, never the UI's by default
 

@@ -65,6 +65,9 @@ def test_tiny_model_stream_cancel_and_logprobs(tiny_model):
         assert events[-1].finish_reason == "cancelled" and len(events) == 4
         ids = be.tokenize("Homa ni dalili ya malaria. الحمى عرض من أعراض الملاريا")
         lp = be.logprobs(ids)
+        from globmed_edge.backends.transformers_backend import TransformersBackend
+
+        assert isinstance(be, TransformersBackend)
         assert lp.shape == (len(ids), be.model.config.vocab_size)
         assert np.allclose(np.exp(lp).sum(-1), 1.0, atol=1e-3)
         assert be.memory().rss_bytes > 0

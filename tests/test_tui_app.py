@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from test_tui_fakes import DEFAULT_TOKENS, FakeBackend
+from textual.widgets import DataTable, Input
 
 import globmed_edge.tui.app as tui_app
 from globmed_edge.tui.app import ChatApp
@@ -87,6 +88,7 @@ async def test_opens_at_once_loads_in_worker_then_streams(tmp_path):
         assert answer.body == "".join(DEFAULT_TOKENS) and answer.status == "complete"
         assert "AI answer" in str(answer.render())
         assert "tokens/s" in str(chat.query_one("#status").render())
+        assert app.store is not None
         conv = app.store.list_conversations()[0]
         assert [m.content for m in app.store.messages(conv.id)] == ["What is ORS?", answer.body]
 
@@ -117,6 +119,7 @@ async def test_escape_stops_and_keys_work_while_streaming(tmp_path):
         await until(pilot, lambda: not chat.generating)
         answer = boxes(chat, "assistant")[-1]
         assert answer.status == "stopped" and 0 < len(answer.body.split()) < 400
+        assert app.store is not None
         stored = app.store.messages(app.store.list_conversations()[0].id)[-1]
         assert stored.status == "stopped" and stored.content == answer.body
 
@@ -130,6 +133,7 @@ async def test_regenerate_replaces_the_answer(tmp_path):
         await pilot.press("f5")
         await until(pilot, lambda: not chat.generating and boxes(chat, "assistant")[-1].body == "second")
         assert [b.body for b in boxes(chat, "assistant")] == ["second"]
+        assert app.store is not None
         msgs = app.store.messages(app.store.list_conversations()[0].id)
         assert [(m.role, m.content) for m in msgs] == [("user", "q"), ("assistant", "second")]
         assert be.requests[0] == be.requests[1]  # same question, same prompt
@@ -148,6 +152,7 @@ async def test_error_mid_stream_is_shown_and_conversation_kept(tmp_path):
         await ask(pilot, chat, "second")
         assert boxes(chat, "assistant")[-1].body == "fine"
         assert [m.content for m in be.requests[-1].messages[1:]] == ["second"]
+        assert app.store is not None
         assert len(app.store.messages(app.store.list_conversations()[0].id)) == 4
 
 
@@ -169,6 +174,7 @@ async def test_language_switch_changes_interface_and_reply_language(tmp_path):
         assert sw("answer_marker") in str(boxes(chat, "assistant")[0].render())
         await ask(pilot, chat, "homa")
         assert "Kiswahili" in be.requests[-1].messages[0].content
+        assert app.store is not None
         assert app.store.list_conversations()[0].lang == "sw"
 
 
@@ -190,6 +196,7 @@ async def test_history_persists_across_restarts_and_can_be_managed(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         chat = await ready(pilot, app)
         await ask(pilot, chat, "bleeding in pregnancy")
+    assert app.store is not None
     app.store.close()
     app2 = make_app(tmp_path, FakeBackend(), store=ChatStore(db))
     async with app2.run_test(size=SIZE) as pilot:
@@ -197,12 +204,13 @@ async def test_history_persists_across_restarts_and_can_be_managed(tmp_path):
         await pilot.press("f2")
         assert isinstance(app2.screen, HistoryScreen)
         await pilot.press(*"pregn")
-        table = app2.screen.query_one("#conversations")
+        table = app2.screen.query_one("#conversations", DataTable)
         await until(pilot, lambda: table.row_count == 1)
         await pilot.press("f2")  # rename
-        rename = app2.screen.query_one("#rename")
+        rename = app2.screen.query_one("#rename", Input)
         rename.value = "Antenatal malaria"
         await pilot.press("enter")
+        assert app2.store is not None
         assert app2.store.list_conversations()[0].title == "Antenatal malaria"
         await pilot.press("enter")  # open
         await until(pilot, lambda: isinstance(app2.screen, ChatScreen))
@@ -284,6 +292,7 @@ async def test_load_failure_is_shown(tmp_path):
     app = make_app(tmp_path, FakeBackend(load_error="model.gguf: sha256 differs"))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: any("sha256 differs" in n for n in notes(app)))
+        assert app.chat is not None
         assert "Could not load the model" in str(app.chat.query_one("#status").render())
 
 
@@ -312,7 +321,7 @@ async def test_language_and_last_build_survive_a_restart_and_history_opens_from_
         app.set_language("sw")
         picker = app.screen
         assert isinstance(picker, PickerScreen)
-        picker.query_one("DataTable").move_cursor(row=2)
+        picker.query_one("DataTable", DataTable).move_cursor(row=2)
         await pilot.press("enter")
         chat = await ready(pilot, app)
         await ask(pilot, chat, "Homa ni nini?")
@@ -327,7 +336,7 @@ async def test_language_and_last_build_survive_a_restart_and_history_opens_from_
     async with app.run_test(size=SIZE) as pilot:
         picker = app.screen
         assert isinstance(picker, PickerScreen)
-        assert picker.query_one("DataTable").cursor_row == 2  # the build used last time
+        assert picker.query_one("DataTable", DataTable).cursor_row == 2  # the build used last time
         await pilot.press("f2")  # history before any model is loaded
         await until(pilot, lambda: isinstance(app.screen, HistoryScreen))
         app.screen.dismiss(conv)

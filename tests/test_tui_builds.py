@@ -84,11 +84,14 @@ def test_best_choice_prefers_the_least_lossy_build_that_fits_then_speed(tmp_path
     found["failed"] = replace(found["failed"], grade="near-lossless", parity_passed=False)
     source = replace(found["q8"], name="src", format="hf", grade="-")
     everything = [*found.values(), source]
-    assert best_choice(everything, free=2**40).name == "q8"  # least lossy wins over faster
+    best = best_choice(everything, free=2**40)
+    assert best is not None and best.name == "q8"  # least lossy wins over faster
     roomy = found["q8"].expected_memory - 1  # q8 no longer fits: the next grade, not the source
-    assert best_choice(everything, free=roomy).name == "q4"
+    best = best_choice(everything, free=roomy)
+    assert best is not None and best.name == "q4"
     twin = replace(found["q4"], name="q4-fast", decode_tokens_per_s=95.0)
-    assert best_choice([found["q4"], twin], free=2**40).name == "q4-fast"  # same grade: faster
+    best = best_choice([found["q4"], twin], free=2**40)
+    assert best is not None and best.name == "q4-fast"  # same grade: faster
     assert best_choice([found["broken"], found["failed"], source], free=2**40) is None
 
 

@@ -35,6 +35,7 @@ async def test_a_runtime_crash_is_shown_and_f8_reloads(tmp_path):
         assert any("The model stopped working (SIGSEGV)" in n and "F8" in n for n in notes(app))
         assert chat.backend is None and not opened[0].alive
         # the conversation is intact on screen and in the store; what the user types next is kept
+        assert chat.session.conv_id is not None
         stored = store.messages(chat.session.conv_id)
         assert [(m.role, m.status) for m in stored] == [
             ("user", "complete"), ("assistant", "complete"), ("user", "complete"), ("assistant", "error")]

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal, NoReturn
 
 from globmed_edge.backends.base import (
     Backend,
@@ -66,7 +66,7 @@ class FakeBackend:
         self.requests.append(request)
         tokens = self.replies.pop(0) if self.replies else list(DEFAULT_TOKENS)
         # As the real backends: a reply longer than the budget ends with "length" (cut).
-        end = "length" if len(tokens) > request.max_new_tokens else "stop"
+        end: Literal["length", "stop"] = "length" if len(tokens) > request.max_new_tokens else "stop"
         tokens = tokens[: request.max_new_tokens]
         prompt_tokens = len(self.tokenize(self.render_chat(request.messages)))
         for i, tok in enumerate(tokens):
@@ -89,7 +89,7 @@ class FakeBackend:
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         raise BackendError("the fake backend does not score")
 
-    def logprobs(self, token_ids: Sequence[int]):  # type: ignore[no-untyped-def]
+    def logprobs(self, token_ids: Sequence[int]) -> NoReturn:
         raise BackendError("the fake backend has no logprobs")
 
     def memory(self) -> MemoryReport:

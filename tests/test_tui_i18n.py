@@ -109,13 +109,15 @@ def test_no_network_code_in_tui():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             names: list[str] = []
+            line = 0
             if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
+                names, line = [a.name for a in node.names], node.lineno
             elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
+                names, line = [node.module], node.lineno
             elif isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("__import__", "import_module"):
                 names = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-            offenders += [f"{path.name}:{node.lineno} {n}" for n in names
+                line = node.lineno
+            offenders += [f"{path.name}:{line} {n}" for n in names
                           if n.split(".")[0] in NETWORK_MODULES]
     assert offenders == []
     assert len(list(TUI.rglob("*.py"))) >= 5

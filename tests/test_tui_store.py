@@ -217,6 +217,7 @@ def test_cut_answer_is_marked_in_history_and_all_three_exports(store, tmp_path):
     list(s.stream_answer())
     ans = store.messages(s.conv_id)[-1]
     assert ans.status == "cut" and ans.content == "Donne du SRO et "
+    assert s.conv_id is not None
     md, js, html = (export_conversation(store, s.conv_id, fmt, tmp_path).read_text(encoding="utf-8")
                     for fmt in ("md", "json", "html"))
     cut = "Coupée : la réponse a atteint la limite de longueur."
@@ -242,6 +243,7 @@ def test_every_export_keeps_the_reminder_shown_and_the_notice(store, tmp_path):
     list(s.stream_answer())
     s.add_question("And the dose of ORS?")
     list(s.stream_answer())
+    assert s.conv_id is not None
     paths = {fmt: export_conversation(store, s.conv_id, fmt, tmp_path) for fmt in ("md", "json", "html")}
     texts = {fmt: p.read_text(encoding="utf-8") for fmt, p in paths.items()}
     import html as html_mod
@@ -286,6 +288,7 @@ def test_titles_are_not_cut_mid_word_and_export_folder_is_chosen(store, tmp_path
     s.add_question(text)
     list(s.stream_answer())
     usb = tmp_path / "usb" / "exports"  # a folder the user chose; made when missing
+    assert s.conv_id is not None
     path = export_conversation(store, s.conv_id, "md", usb)
     assert path.parent == usb and path.name.endswith("-mon-enfant-de-deux-ans-a-une-forte.md")
     assert "# Mon enfant de deux ans a une forte fièvre…" in path.read_text(encoding="utf-8")
