@@ -4,15 +4,15 @@ thread-safe), from the screens to the app, which routes them, and from the app t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from textual.message import Message
 
+from globmed_edge.backends.base import Backend
 from globmed_edge.tui.session import StreamStats
 
 
 class ModelLoaded(Message):
-    def __init__(self, backend: Any, seconds: float, unverified: str | None = None) -> None:
+    def __init__(self, backend: Backend, seconds: float, unverified: str | None = None) -> None:
         super().__init__()
         self.backend = backend
         self.seconds = seconds

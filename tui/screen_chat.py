@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -15,6 +15,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import ProgressBar, Static
 
+from globmed_edge.backends.base import Backend
 from globmed_edge.textsafe import clean_line
 from globmed_edge.tui.context import ChatContext
 from globmed_edge.tui.i18n import Translator
@@ -70,7 +71,7 @@ class ChatScreen(Screen[None]):
         self.crashed: str | None = None  # set when the model's runtime process died (F8 reloads it)
 
     @property
-    def backend(self) -> Any:
+    def backend(self) -> Backend | None:
         """The loaded model, None while loading or after its runtime crashed."""
         return self.session.backend
 
@@ -159,7 +160,7 @@ class ChatScreen(Screen[None]):
 
     # ------------------------------------------------------------------ conversation
 
-    def _new_session(self, backend: Any, conv_id: int | None) -> ChatSession:
+    def _new_session(self, backend: Backend | None, conv_id: int | None) -> ChatSession:
         ctx = self.ctx
         return ChatSession(backend, lang=ctx.lang, store=ctx.store, build=self.build_name,
                            conv_id=conv_id, max_new_tokens=ctx.settings.max_new_tokens,
