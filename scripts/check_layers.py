@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import tomllib
@@ -41,13 +42,19 @@ def package_dirs(root: Path) -> dict[str, Path]:
     return out
 
 
-def assemble(root: Path, dest: Path) -> Path:
-    """Copy every package's .py files into `dest` as the installed layout; returns `dest`."""
+def layout(root: Path) -> Iterator[tuple[Path, Path]]:
+    """(path in the installed layout, relative; source file) for every .py file of the package."""
     for pkg, src in package_dirs(root).items():
-        target = dest.joinpath(*pkg.split("."))
         for py in src.glob("*.py"):
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(py, target / py.name)
+            yield Path(*pkg.split("."), py.name), py
+
+
+def assemble(root: Path, dest: Path) -> Path:
+    """Copy every package's .py files into `dest` as the installed layout; returns `dest`.
+    Copies, not links: tests break contracts by editing the copies."""
+    for rel, py in layout(root):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(py, dest / rel)
     return dest
 
 

@@ -22,19 +22,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from check_layers import package_dirs  # noqa: E402  (a script beside this one)
+from check_layers import layout  # noqa: E402  (a script beside this one)
 
 
 def link_tree(dest: Path) -> dict[str, str]:
     """Symlink every package's .py files into `dest` as the installed layout; returns a map from
     tree paths (relative, with '/') to checkout paths for the messages."""
     back = {}
-    for pkg, src in package_dirs(ROOT).items():
-        rel = Path(*pkg.split("."))
-        (dest / rel).mkdir(parents=True, exist_ok=True)
-        for py in src.glob("*.py"):
-            (dest / rel / py.name).symlink_to(py)
-            back[(rel / py.name).as_posix()] = py.relative_to(ROOT).as_posix()
+    for rel, py in layout(ROOT):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).symlink_to(py)
+        back[rel.as_posix()] = py.relative_to(ROOT).as_posix()
     return back
 
 
