@@ -39,7 +39,12 @@ for b in $BUILDS; do
   step "chat-$(basename "$b")" "$BIN/globmed-edge" chat "$b" --prompt "What are the danger signs of dehydration in a child?" --max-tokens 48
 done
 step doctor "$BIN/globmed-edge" doctor
-step extra-bufts "$BIN/python" lab/perf/llamacpp_extra_bufts.py $BUILDS --rounds 5 --threads 1
+step doctor-json "$BIN/globmed-edge" doctor --json --no-canary
+# auto = what the project loads here (the best variant without AMX, extra buffer types on), against
+# the AMX variant without extra buffer types (the rule before), and the AMX variant as llama.cpp
+# would load it (the crash of issue 20824)
+step extra-bufts "$BIN/python" lab/perf/llamacpp_extra_bufts.py $BUILDS --rounds 5 --threads 1 \
+  --settings auto:on,sapphirerapids:off,auto:off,sapphirerapids:on
 rm -rf "$HOME_DIR"
 echo "done: $OUT/summary.txt" >&2
 cat "$OUT/summary.txt"

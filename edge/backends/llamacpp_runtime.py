@@ -11,20 +11,29 @@ Two facts about llama.cpp on the machines this project meets are handled here an
   A wheel compiled with native flags (one `libggml-cpu.so`) needs no loading, but runs only on CPUs
   like the one that built it; `runtime_info()` says which kind is installed.
 * **AMX crashes.** On CPUs with Intel AMX, llama.cpp repacks weights into AMX buffers at load and
-  then segfaults on the first decode (ggml-org/llama.cpp issue 20824). The extra buffer types that
-  hold repacked weights are switched off there (`use_extra_bufts = False`); `Llama()` has no keyword
-  for that field of `llama_model_params`, so `new_llama()` sets it while constructing. Elsewhere they
-  stay on: they also carry the AVX2 repack of Q4_0/IQ4_NL weights, which decodes those faster
-  (lab/perf/llamacpp_extra_bufts.py measures both settings; docs/backends.md has the numbers).
+  then segfaults on the first decode (ggml-org/llama.cpp issue 20824). Only one portable variant is
+  compiled with AMX (`sapphirerapids`, `AMX_VARIANTS`), so on such CPUs `load()` loads the best
+  variant without it (zen4's AVX-512 kernels on a Sapphire Rapids Xeon) and models keep their extra
+  buffer types, whose CPU_REPACK layouts of Q4_0 / Q4_K / IQ4_NL / Q8_0 weights decode faster. Where
+  the loaded kernels do include AMX (a native build compiled on such a CPU, or the AMX variant asked
+  for by name) the extra buffer types are switched off instead (`use_extra_bufts = False`);
+  `Llama()` has no keyword for that field of `llama_model_params`, so `new_llama()` sets it while
+  constructing. lab/perf/llamacpp_extra_bufts.py measures the settings; docs/backends.md has the
+  numbers.
+* **Asking for one variant.** `$GLOBMED_EDGE_LLAMA_KERNELS=<variant>` (for example `haswell`) loads
+  that variant instead of the best one: to reproduce what an older laptop runs, or to step around a
+  variant that misbehaves. A name the wheel does not ship, or one this CPU cannot run, is an error.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -40,6 +49,10 @@ recent_errors: deque[str] = deque(maxlen=8)  # llama.cpp's error lines, for mess
 _log_callback: Any = None  # kept referenced: llama.cpp holds a raw pointer to it
 log = logging.getLogger("globmed_edge.backends.llamacpp_backend")
 _SUFFIX = ".dll" if sys.platform == "win32" else (".dylib" if sys.platform == "darwin" else ".so")
+#: Portable CPU variants compiled with AMX_TILE/AMX_INT8 (llama.cpp's ggml/src/CMakeLists.txt,
+#: GGML_CPU_ALL_VARIANTS): the ones whose AMX repack crashes (issue 20824).
+AMX_VARIANTS = frozenset({"sapphirerapids"})
+KERNELS_ENV = "GLOBMED_EDGE_LLAMA_KERNELS"
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,50 @@ def _libggml(lib: Path) -> Any:
     ggml.ggml_backend_load_all_from_path.restype = None
     ggml.ggml_backend_reg_count.argtypes = []
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+    ggml.ggml_backend_load.restype = ctypes.c_void_p
     return ggml
+
+
+def variant_file(lib: Path, variant: str) -> Path:
+    return lib / f"libggml-cpu-{variant}{_SUFFIX}"
+
+
+def variant_score(path: Path) -> int:
+    """llama.cpp's own score of one CPU variant library for this CPU (0: it cannot run here).
+
+    The same question `ggml_backend_load_all_from_path` asks each variant: opened, asked, closed.
+    """
+    import _ctypes
+
+    handle = ctypes.CDLL(str(path))
+    try:
+        score = handle.ggml_backend_score
+        score.argtypes, score.restype = [], ctypes.c_int
+        return int(score())
+    except AttributeError:
+        return 0
+    finally:
+        _ctypes.dlclose(handle._handle)
+
+
+def choose_variant(variants: Sequence[str], cpu: CpuInfo, requested: str | None,
+                   score: Callable[[str], int]) -> str | None:
+    """The CPU variant to load by name, or None to let llama.cpp load its best.
+
+    `requested` ($GLOBMED_EDGE_LLAMA_KERNELS) wins; on an AMX CPU the best-scoring variant without
+    AMX is chosen (the AMX repack crashes); otherwise llama.cpp's choice stands.
+    """
+    if requested:
+        if requested not in variants:
+            raise BackendError(f"{KERNELS_ENV}={requested}: this llama.cpp build has no such CPU variant "
+                               f"(it has: {', '.join(variants) or 'none, it is a native build'})")
+        return requested
+    if not variants or not cpu.has_amx or not AMX_VARIANTS & set(variants):
+        return None
+    scored = [(score(v), v) for v in variants if v not in AMX_VARIANTS]
+    runnable = [(s, v) for s, v in scored if s > 0]
+    return max(runnable)[1] if runnable else None
 
 
 def _route_logs(module: ModuleType) -> None:
@@ -125,7 +181,16 @@ def load() -> ModuleType:
         lib = lib_dir(module)
         ggml = _libggml(lib)
         if ggml.ggml_backend_reg_count() == 0:  # a build with run-time loaded kernels (GGML_BACKEND_DL)
-            ggml.ggml_backend_load_all_from_path(str(lib).encode())
+            variants = cpu_variants(lib)
+            chosen = choose_variant(variants, cpu_info(), os.environ.get(KERNELS_ENV, "").strip() or None,
+                                    lambda v: variant_score(variant_file(lib, v)))
+            if chosen is None:
+                ggml.ggml_backend_load_all_from_path(str(lib).encode())
+            elif not ggml.ggml_backend_load(str(variant_file(lib, chosen)).encode()):
+                raise BackendError(f"llama.cpp's {chosen} CPU kernels do not run on this CPU ({cpu_info().model}; "
+                                   f"{', '.join(cpu_info().features) or 'no SIMD features found'})"
+                                   + (f"; unset {KERNELS_ENV} or name another of: {', '.join(variants)}"
+                                      if os.environ.get(KERNELS_ENV) else ""))
             if ggml.ggml_backend_reg_count() == 0:
                 raise BackendError(
                     f"llama.cpp loaded none of its CPU kernels from {lib} on this CPU "
@@ -141,14 +206,25 @@ def loaded_variant() -> str | None:
     return path.name[len("libggml-cpu-"):-len(_SUFFIX)] if path and path.name.endswith(_SUFFIX) else None
 
 
-def use_extra_bufts(cpu: CpuInfo | None = None) -> bool:
-    """Whether models load with llama.cpp's extra buffer types on this CPU: never with AMX."""
-    return not (cpu or cpu_info()).has_amx
+def use_extra_bufts(cpu: CpuInfo, kernels: str | None) -> bool:
+    """Whether models load with llama.cpp's extra buffer types: not where AMX kernels are loaded.
+
+    `kernels`: the portable variant this process loaded, or None for a native build (compiled for
+    the CPU that built it, so with AMX on an AMX CPU).
+    """
+    return not (cpu.has_amx and (kernels is None or kernels in AMX_VARIANTS))
 
 
-def model_overrides(cpu: CpuInfo | None = None) -> dict[str, Any]:
-    """Fields of `llama_model_params` this project sets for every model it loads."""
-    return {"use_extra_bufts": use_extra_bufts(cpu)}
+def loaded_kernels() -> str | None:
+    """The portable variant this process loaded (None for a native build); loads llama.cpp first."""
+    module = load()
+    return loaded_variant() if cpu_variants(lib_dir(module)) else None
+
+
+def model_overrides() -> dict[str, Any]:
+    """Fields of `llama_model_params` this project sets for every model it loads, for this CPU and
+    the kernels this process loaded."""
+    return {"use_extra_bufts": use_extra_bufts(cpu_info(), loaded_kernels())}
 
 
 def new_llama(*, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -215,4 +291,4 @@ def runtime_info() -> RuntimeInfo:
         version=version(), kind="portable" if variants else "native", variants=variants,
         loaded_variant=loaded_variant() if variants else None,
         system_info=(info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)).strip(),
-        extra_bufts=use_extra_bufts(), gpu_offload=bool(module.llama_supports_gpu_offload()))
+        extra_bufts=model_overrides()["use_extra_bufts"], gpu_offload=bool(module.llama_supports_gpu_offload()))

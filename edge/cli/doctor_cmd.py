@@ -38,8 +38,7 @@ def doctor(builds: tuple[str, ...], as_json: bool, no_canary: bool) -> None:
         cpu = report.cpu
         click.echo(f"CPU      {cpu['model']} ({cpu['machine']}, x86-64 {cpu['x86_64_level'] or '-'}), "
                    f"{cpu['cores_physical']} cores / {cpu['cores_logical']} threads")
-        click.echo(f"         {', '.join(cpu['features']) or 'no SIMD features found'}"
-                   + ("  [AMX: llama.cpp loads models without extra buffer types here]" if cpu["amx"] else ""))
+        click.echo(f"         {', '.join(cpu['features']) or 'no SIMD features found'}")
         click.echo(f"memory   {_gib(report.memory['available_bytes'])} free of {_gib(report.memory['total_bytes'])}")
         click.echo(f"disk     {_gib(report.disk['free_bytes'])} free under {report.disk['path']}")
         for name, rt in report.runtimes.items():
@@ -48,6 +47,10 @@ def doctor(builds: tuple[str, ...], as_json: bool, no_canary: bool) -> None:
             elif name == "llama.cpp":
                 click.echo(f"llama.cpp {rt['version']}, {rt['kind']} build, CPU kernels: "
                            f"{rt.get('loaded_variant') or 'built in'}; {rt['system_info']}")
+                if cpu["amx"]:  # llama.cpp's AMX repack crashes (issue 20824); what this machine does instead
+                    click.echo("         AMX: " + ("kernels without AMX loaded; extra buffer types on"
+                                                   if rt.get("extra_bufts") else
+                                                   "these kernels include AMX, so models load without extra buffer types"))
             elif name == "onnxruntime":
                 click.echo(f"onnxruntime {rt['version']}: {', '.join(rt['providers'])}")
             else:

@@ -1,22 +1,29 @@
-"""Does switching off llama.cpp's extra buffer types cost speed? (the AMX rule's price)
+"""What do llama.cpp's extra buffer types and CPU kernel variants cost or give? (the AMX rule's price)
 
 On CPUs with Intel AMX, llama.cpp's AMX weight repack crashes on the first decode (ggml-org/llama.cpp
-issue 20824), so globmed_edge.backends.llamacpp_runtime loads models with `use_extra_bufts=False`
-there. The same switch also turns off the CPU_REPACK buffer type that re-lays Q4_0 / Q4_K / IQ4_NL
-/ Q8_0 weights for AVX2/AVX-512 kernels. This script measures prefill and decode tokens/s of the
-same GGUF files with extra buffer types on and off, each measurement in a fresh process (a model
-loaded once per process, as the chat does), alternating the two settings round by round so that
-background load hits both alike. It prints medians, min-max spreads and the off/on ratio.
+issue 20824). Only the portable wheel's `sapphirerapids` variant has AMX kernels, so on such CPUs
+globmed_edge.backends.llamacpp_runtime loads the best variant without AMX and keeps extra buffer
+types on; where AMX kernels are loaded anyway (a native build, or that variant asked for by name) it
+loads models with `use_extra_bufts=False`, which also turns off the CPU_REPACK buffer type that
+re-lays Q4_0 / Q4_K / IQ4_NL / Q8_0 weights for AVX2/AVX-512 kernels.
 
-    python lab/perf/llamacpp_extra_bufts.py BUILD_OR_GGUF... [--rounds 5] [--threads 2]
+This script measures prefill and decode tokens/s of the same GGUF files under several settings
+KERNELS:EXTRA (KERNELS: `auto`, what the project loads, or a variant name such as `sapphirerapids`,
+set through $GLOBMED_EDGE_LLAMA_KERNELS; EXTRA: `on` or `off`), each measurement in a fresh process
+(a model loaded once per process, as the chat does), rotating the settings round by round so that
+background load hits all alike. It prints medians, min-max spreads and each setting's ratio to the
+first one. A setting that crashes (SIGSEGV on an AMX machine with AMX kernels and extra buffer
+types on) is reported as such.
 
-A setting that crashes (SIGSEGV on an AMX machine with extra buffer types on) is reported as such.
+    python lab/perf/llamacpp_extra_bufts.py BUILD_OR_GGUF... [--settings auto:on,auto:off]
+        [--rounds 5] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,14 +38,14 @@ PROMPT = ("<|im_start|>user\nA 3-year-old child has had watery diarrhoea for two
 
 def child(path: str, extra: bool, threads: int, tokens: int) -> None:
     """One measurement in this process: load, warm up, time prefill and `tokens` greedy decodes."""
-    from globmed_edge.backends.llamacpp_runtime import load, new_llama
+    from globmed_edge.backends.llamacpp_runtime import load, loaded_kernels, new_llama
 
     llama_cpp = load()
     llm = new_llama(model_path=path, n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512,
                     n_ubatch=512, verbose=False, seed=0, overrides={"use_extra_bufts": extra})
     ids = llm.tokenize(PROMPT.encode("utf-8"), add_bos=False, special=True)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    out = {}
+    out: dict[str, object] = {}
     for phase in ("warm-up", "timed"):
         llm.reset()
         t0 = time.perf_counter()
@@ -53,20 +60,44 @@ def child(path: str, extra: bool, threads: int, tokens: int) -> None:
                 break
         t2 = time.perf_counter()
         if phase == "timed":
-            out = {"prefill_tok_s": len(ids) / (t1 - t0),
+            out = {"kernels": loaded_kernels() or "built in", "prefill_tok_s": len(ids) / (t1 - t0),
                    "decode_tok_s": (n - 1) / (t2 - t_first) if n > 1 else float("nan"), "tokens": n}
     llm.close()
     print(MARK + json.dumps(out), flush=True)
 
 
-def measure(path: Path, extra: bool, threads: int, tokens: int) -> dict[str, float] | str:
-    cmd = [sys.executable, __file__, "--child", str(path), "--extra", str(int(extra)), "--threads",
+Setting = tuple[str, bool]  # (kernels: "auto" or a variant name, extra buffer types on)
+
+
+def parse_settings(text: str) -> list[Setting]:
+    out: list[Setting] = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        kernels, _, extra = item.rpartition(":")
+        if extra not in ("on", "off") or not kernels:
+            raise SystemExit(f"--settings: {item!r} is not KERNELS:on or KERNELS:off (e.g. auto:on, sapphirerapids:off)")
+        out.append((kernels, extra == "on"))
+    if not out:
+        raise SystemExit("--settings: give at least one KERNELS:EXTRA")
+    return out
+
+
+def label(setting: Setting) -> str:
+    return f"{setting[0]}:{'on' if setting[1] else 'off'}"
+
+
+def measure(path: Path, setting: Setting, threads: int, tokens: int) -> dict[str, float] | str:
+    cmd = [sys.executable, __file__, "--child", str(path), "--extra", str(int(setting[1])), "--threads",
            str(threads), "--tokens", str(tokens)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = dict(os.environ)
+    env.pop("GLOBMED_EDGE_LLAMA_KERNELS", None)
+    if setting[0] != "auto":
+        env["GLOBMED_EDGE_LLAMA_KERNELS"] = setting[0]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(MARK):
             return json.loads(line[len(MARK):])  # type: ignore[no-any-return]
-    return f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}"
+    signal = f" (signal {-proc.returncode})" if proc.returncode < 0 else ""
+    return f"exit {proc.returncode}{signal}: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}"
 
 
 def gguf_of(arg: Path) -> Path:
@@ -85,6 +116,8 @@ def fmt(values: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("builds", nargs="*", type=Path)
+    ap.add_argument("--settings", default="auto:on,auto:off",
+                    help="comma-separated KERNELS:EXTRA settings; ratios are to the first (default: auto:on,auto:off)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64)
@@ -94,41 +127,43 @@ def main() -> None:
     if args.child:
         child(args.child, bool(args.extra), args.threads, args.tokens)
         return
-    from globmed_edge.backends.llamacpp_runtime import runtime_info
+    settings = parse_settings(args.settings)
+    from globmed_edge.backends.llamacpp_runtime import model_overrides, runtime_info
     from globmed_edge.cpu import cpu_info
 
     cpu, rt = cpu_info(), runtime_info()
     print(f"CPU: {cpu.model} ({', '.join(cpu.features)}); llama-cpp-python {rt.version} {rt.kind}, "
-          f"kernels {rt.loaded_variant or 'built in'}; threads {args.threads}, {args.rounds} rounds, "
-          f"{args.tokens} decode tokens")
-    print(f"{'build':<44} {'extra bufts':<11} {'prefill tok/s med (min-max)':<28} {'decode tok/s med (min-max)':<28}")
+          f"auto = kernels {rt.loaded_variant or 'built in'} with extra bufts "
+          f"{'on' if model_overrides()['use_extra_bufts'] else 'off'} (the project's choice here); "
+          f"threads {args.threads}, {args.rounds} rounds, {args.tokens} decode tokens")
+    print(f"{'build':<36} {'setting':<20} {'kernels':<16} {'prefill tok/s med (min-max)':<28} "
+          f"{'decode tok/s med (min-max)':<28} ratio prefill/decode")
     for build in args.builds:
         path = gguf_of(build)
-        runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
-        crashed: dict[bool, str] = {}
+        runs: dict[Setting, list[dict[str, float]]] = {s: [] for s in settings}
+        crashed: dict[Setting, str] = {}
         for r in range(args.rounds):
-            for extra in ((True, False) if r % 2 == 0 else (False, True)):
-                if extra in crashed:
+            for setting in settings[r % len(settings):] + settings[:r % len(settings)]:
+                if setting in crashed:
                     continue
-                res = measure(path, extra, args.threads, args.tokens)
+                res = measure(path, setting, args.threads, args.tokens)
                 if isinstance(res, str):
-                    crashed[extra] = res
+                    crashed[setting] = res
                 else:
-                    runs[extra].append(res)
-        for extra in (True, False):
-            label = "on" if extra else "off"
-            if extra in crashed:
-                print(f"{build.name:<44} {label:<11} FAILED: {crashed[extra]}")
+                    runs[setting].append(res)
+        base = runs[settings[0]]
+        for setting in settings:
+            if setting in crashed:
+                print(f"{build.name:<36} {label(setting):<20} FAILED: {crashed[setting]}")
                 continue
-            pre = [x["prefill_tok_s"] for x in runs[extra]]
-            dec = [x["decode_tok_s"] for x in runs[extra]]
-            print(f"{build.name:<44} {label:<11} {fmt(pre):<28} {fmt(dec):<28}")
-        if runs[True] and runs[False]:
-            ratio_p = statistics.median(x["prefill_tok_s"] for x in runs[False]) / statistics.median(
-                x["prefill_tok_s"] for x in runs[True])
-            ratio_d = statistics.median(x["decode_tok_s"] for x in runs[False]) / statistics.median(
-                x["decode_tok_s"] for x in runs[True])
-            print(f"{'':<44} {'off/on':<11} prefill x{ratio_p:.3f}{'':<14} decode x{ratio_d:.3f}")
+            pre = [x["prefill_tok_s"] for x in runs[setting]]
+            dec = [x["decode_tok_s"] for x in runs[setting]]
+            ratio = ""
+            if base:
+                ratio = (f"x{statistics.median(pre) / statistics.median(x['prefill_tok_s'] for x in base):.3f} / "
+                         f"x{statistics.median(dec) / statistics.median(x['decode_tok_s'] for x in base):.3f}")
+            print(f"{build.name:<36} {label(setting):<20} {runs[setting][0]['kernels']!s:<16} "
+                  f"{fmt(pre):<28} {fmt(dec):<28} {ratio}")
 
 
 if __name__ == "__main__":
