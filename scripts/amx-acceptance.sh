@@ -34,7 +34,7 @@ step() {  # step NAME COMMAND...: run, keep its output and exit code
 step make-test make test
 step quantize "$BIN/globmed-edge" quantize smollm2-135m-instruct
 BUILDS=$(ls -d "$HOME_DIR"/builds/*-gguf-* 2>/dev/null)
-step bench-run "$BIN/globmed-edge" bench run $BUILDS --langs en,fr,sw --limit 5 --throughput --out "$OUT/results.jsonl"
+step bench-run "$BIN/globmed-edge" bench run $BUILDS --langs en,fr,ar --limit 5 --throughput --out "$OUT/results.jsonl"
 for b in $BUILDS; do
   step "chat-$(basename "$b")" "$BIN/globmed-edge" chat "$b" --prompt "What are the danger signs of dehydration in a child?" --max-tokens 48
 done

@@ -306,12 +306,19 @@ def test_seeded_sampling_and_multibyte_streaming(be):
     # which seed samples CJK/Devanagari depends on the CPU's kernels: draw until one does (bounded)
     runs = [a, c] + [run(seed) for seed in range(9, 15)]
     for events in runs:
-        assert not any("\ufffd" in e.text for e in events)
         ids = [e.token_id for e in events if e.token_id is not None and e.finish_reason != "stop"]
-        full = be.detokenize(ids)
+        full = be.detokenize(ids)  # all the sampled bytes at once, invalid UTF-8 replaced
+        # The streamed text is that text, but for at most one held-back character at the end: a
+        # character split across tokens is never shown as U+FFFD. (A U+FFFD that the bytes carry
+        # themselves is right: at temperature 1.3 a stray byte token is sometimes sampled, e.g. seed
+        # 11 with the zen4 kernels on a Sapphire Rapids Xeon.)
         assert full.startswith(_text(events)) and len(full) - len(_text(events)) <= 1
-    # multi-byte characters did stream in at least one run
+    # multi-byte characters did stream in at least one run, one of them split across tokens (a
+    # token that alone decodes to U+FFFD) in a run whose bytes are all valid UTF-8
     assert any(ord(ch) > 0x7FF for events in runs for e in events for ch in e.text)
+    split = [events for events in runs if "\ufffd" not in _text(events)
+             and any("\ufffd" in be.detokenize([e.token_id]) for e in events if e.token_id is not None)]
+    assert split
 
 
 def test_memory_logging_and_close(smollm2_gguf, capfd, caplog):
