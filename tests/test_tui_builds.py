@@ -41,6 +41,47 @@ def test_discover_builds_with_speed_and_problems(tmp_path):
     assert fits_in_memory(g, free=2 * RUNTIME_OVERHEAD) and not fits_in_memory(g, free=10)
 
 
+def _accuracy(build, lang, n, correct, options=4, low=None):
+    from globmed_edge.bench.stats import wilson
+
+    return {"type": "accuracy", "device": "cpu", "build": {"name": build.name, "path": str(build)}, "lang": lang,
+            "n": n, "accuracy": correct / n, "ci_low": wilson(correct, n)[0] if low is None else low,
+            "letter_logprobs": [[-1.0] * options] * n}
+
+
+def test_the_languages_a_build_was_measured_better_than_guessing_in(tmp_path):
+    """Issue #17, item 4: the picker's languages are the measured ones when bench scored the build."""
+    roots = tmp_path / "builds"
+    good, plain = _build(roots, "qwen-q8"), _build(roots, "unmeasured")
+    results = tmp_path / "results.jsonl"
+    recs = [_accuracy(good, "en", 100, 41),  # Wilson low 0.32 > chance 0.25
+            _accuracy(good, "zu", 30, 9), _accuracy(good, "zu", 100, 27),  # the 100-item record wins
+            _accuracy(good, "fr", 100, 30, options=5),  # low 0.22 > chance 0.20
+            _accuracy(good, "ar", 100, 31),  # low 0.23: not shown better than guessing
+            {**_accuracy(good, "hi", 100, 90), "ci_low": "high"},  # malformed: ignored
+            {**_accuracy(good, "am", 100, 90), "n": True}]  # malformed: ignored
+    results.write_text("\n".join(json.dumps(r) for r in recs) + "\n", encoding="utf-8")
+    found = {c.name: c for c in discover_builds([roots], [results], include_embedded=False)}
+    g = found["qwen-q8"]
+    assert [(r.lang, r.n, r.above_chance) for r in g.measured] == [
+        ("ar", 100, False), ("en", 100, True), ("fr", 100, True), ("zu", 100, False)]
+    assert g.language_column() == "en fr"
+    assert g.measured_summary() == {"n": "100", "good": "en 41%, fr 30%", "weak": "ar, zu"}
+    assert found["unmeasured"].language_column() == "en, sw" and found["unmeasured"].measured_summary() is None
+    only_weak = tmp_path / "weak.jsonl"
+    only_weak.write_text(json.dumps(_accuracy(good, "zu", 30, 7)) + "\n", encoding="utf-8")
+    (w,) = [c for c in discover_builds([roots], [only_weak], include_embedded=False) if c.name == "qwen-q8"]
+    assert w.language_column() == "–" and w.measured_summary() == {"n": "30", "good": "–", "weak": "zu"}
+
+
+def test_measured_languages_read_in_every_interface_language():
+    from globmed_edge.tui.i18n import Translator, interface_languages
+
+    for lang in interface_languages():
+        text = Translator(lang)("measured_langs", n="100", good="en 41%", weak="zu")
+        assert "100" in text and "en 41%" in text and "zu" in text, lang
+
+
 def test_languages_of_an_embedded_source_model(tmp_path):
     d = tmp_path / "b" / "smol-q8"
     d.mkdir(parents=True)

@@ -5,7 +5,10 @@ resized files here and re-hashed in full when loaded) plus the prepared embedded
 carries its parity verdict and grade (globmed_edge.grade) from its manifest. Memory
 is the peak RSS a `bench run --throughput` measured when a results file mentions the build (every
 file `bench run` wrote is listed in the data home, paths.known_results_files), else an estimate
-(file size times a per-format factor plus runtime overhead); speed comes from the same records.
+(file size times a per-format factor plus runtime overhead); speed comes from the same records, and
+so do the measured languages: for each language `bench run` scored the build in (the record with
+the most items), its accuracy and whether it is better than guessing (the lower end of its 95%
+interval above the chance of the items' option counts).
 """
 
 from __future__ import annotations
@@ -14,10 +17,26 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: Resident memory per byte of model files, by format (bf16 HF folders load as fp32 on CPU).
 MEMORY_FACTOR = {"hf": 2.0, "gguf": 1.1, "onnx": 1.2, "gptq": 1.5}
 RUNTIME_OVERHEAD = 300 * 2**20
+
+
+@dataclass(frozen=True)
+class LangResult:
+    """One language's benchmark accuracy for a build (letter rule), from a bench accuracy record."""
+
+    lang: str
+    accuracy: float
+    n: int
+    ci_low: float
+    chance: float
+
+    @property
+    def above_chance(self) -> bool:
+        return self.ci_low > self.chance
 
 
 @dataclass(frozen=True)
@@ -34,6 +53,23 @@ class BuildChoice:
     parity_passed: bool | None = None  # the manifest's parity check: None when none is recorded
     grade: str = "-"  # globmed_edge.grade.parity_grade of that check
     memory_measured: bool = False  # expected_memory is a bench throughput record's peak RSS, not an estimate
+    measured: tuple[LangResult, ...] = ()  # bench accuracy per language, by language code
+
+    def language_column(self) -> str:
+        """The picker's languages cell: the languages measured better than guessing, when any were
+        measured ("–" when none is), else the model's declared languages."""
+        if not self.measured:
+            return self.languages
+        return " ".join(r.lang for r in self.measured if r.above_chance) or "–"
+
+    def measured_summary(self) -> dict[str, str] | None:
+        """The values of the `measured_langs` interface string, None when nothing was measured."""
+        if not self.measured:
+            return None
+        ns = sorted({r.n for r in self.measured})
+        good = ", ".join(f"{r.lang} {100 * r.accuracy:.0f}%" for r in self.measured if r.above_chance)
+        weak = ", ".join(r.lang for r in self.measured if not r.above_chance)
+        return {"n": str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}", "good": good or "–", "weak": weak or "–"}
 
     def parity_text(self) -> str:
         """"parity pass, small loss" (or FAIL), "" when no parity check is recorded."""
@@ -68,10 +104,8 @@ def expected_memory(fmt: str, size_bytes: int) -> int:
     return int(size_bytes * MEMORY_FACTOR.get(fmt, 1.5)) + RUNTIME_OVERHEAD
 
 
-def _measured(results: Iterable[Path]) -> dict[str, tuple[float, int | None]]:
-    """build path or name -> (best CPU decode tokens/s, the peak RSS of that run) from bench
-    throughput records."""
-    best: dict[str, tuple[float, int | None]] = {}
+def _records(results: Iterable[Path]) -> Iterable[dict[str, Any]]:
+    """The JSON records of bench results files; unreadable files and lines are skipped."""
     for path in results:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -82,17 +116,52 @@ def _measured(results: Iterable[Path]) -> dict[str, tuple[float, int | None]]:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if not isinstance(rec, dict) or rec.get("type") != "throughput" or rec.get("device") != "cpu":
-                continue
-            build = rec.get("build") or {}
-            tps, rss = rec.get("decode_tokens_per_s"), rec.get("peak_rss_bytes")
-            if not isinstance(tps, (int, float)) or isinstance(tps, bool):
-                continue
-            peak = int(rss) if isinstance(rss, int) and not isinstance(rss, bool) and rss > 0 else None
-            for key in (build.get("path"), build.get("name")):
-                if key and float(tps) > best.get(str(key), (0.0, None))[0]:
-                    best[str(key)] = (float(tps), peak)
-    return best
+            if isinstance(rec, dict) and isinstance(rec.get("build"), dict):
+                yield rec
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _lang_result(rec: dict[str, Any]) -> LangResult | None:
+    """A CPU or CUDA accuracy record as a LangResult; None when a field is missing or malformed."""
+    lang, n, acc, low = rec.get("lang"), rec.get("n"), _number(rec.get("accuracy")), _number(rec.get("ci_low"))
+    if not isinstance(lang, str) or not isinstance(n, int) or isinstance(n, bool) or n <= 0 or acc is None or low is None:
+        return None
+    ks = [len(lp) for lp in rec.get("letter_logprobs") or () if isinstance(lp, (list, dict)) and lp]
+    return LangResult(lang, acc, n, low, sum(1 / k for k in ks) / len(ks) if ks else 0.25)
+
+
+class Measured:
+    """What bench records say about each build, by build path or name: the best CPU decode
+    tokens/s with the peak RSS of that run, and the accuracy per language."""
+
+    def __init__(self, results: Iterable[Path]) -> None:
+        self.speed: dict[str, tuple[float, int | None]] = {}
+        langs: dict[str, dict[str, LangResult]] = {}
+        for rec in _records(results):
+            build = rec["build"]
+            keys = [str(k) for k in (build.get("path"), build.get("name")) if k]
+            if rec.get("type") == "throughput" and rec.get("device") == "cpu":
+                tps, rss = _number(rec.get("decode_tokens_per_s")), rec.get("peak_rss_bytes")
+                if tps is None:
+                    continue
+                peak = int(rss) if isinstance(rss, int) and not isinstance(rss, bool) and rss > 0 else None
+                for key in keys:
+                    if tps > self.speed.get(key, (0.0, None))[0]:
+                        self.speed[key] = (tps, peak)
+            elif rec.get("type") == "accuracy" and (result := _lang_result(rec)) is not None:
+                for key in keys:  # the record with the most items per language; a later one on a tie
+                    held = langs.setdefault(key, {}).get(result.lang)
+                    if held is None or result.n >= held.n:
+                        langs[key][result.lang] = result
+        self.langs = {key: tuple(by_lang[k] for k in sorted(by_lang)) for key, by_lang in langs.items()}
+
+    def of(self, *keys: str) -> tuple[tuple[float | None, int | None], tuple[LangResult, ...]]:
+        """((decode tokens/s, peak RSS), languages) of the first key that has them."""
+        speed: tuple[float | None, int | None] = next((self.speed[k] for k in keys if k in self.speed), (None, None))
+        return speed, next((self.langs[k] for k in keys if k in self.langs), ())
 
 
 def default_results_files() -> list[Path]:
@@ -110,7 +179,7 @@ def discover_builds(roots: list[Path] | None = None, results: list[Path] | None 
     from globmed_edge.paths import builds_dir
     from globmed_edge.textsafe import clean_line
 
-    measured = _measured(results if results is not None else default_results_files())
+    measured = Measured(results if results is not None else default_results_files())
     found: list[BuildChoice] = []
     for path in find_builds(roots if roots is not None else [builds_dir()]):
         try:
@@ -123,13 +192,13 @@ def discover_builds(roots: list[Path] | None = None, results: list[Path] | None 
         if isinstance(langs, list):
             langs = ", ".join(str(x) for x in langs)
         passed = (manifest.parity or {}).get("passed")
-        tps, rss = measured.get(str(path)) or measured.get(manifest.name) or (None, None)
+        (tps, rss), langs_measured = measured.of(str(path), manifest.name)
         found.append(BuildChoice(
             clean_line(manifest.name), path, manifest.format, clean_line(manifest.quantization),
             manifest.size_bytes, clean_line(langs), rss or expected_memory(manifest.format, manifest.size_bytes),
             tps, problem=clean_line("; ".join(str(p) for p in problems[:2])) or None,
             parity_passed=passed if isinstance(passed, bool) else None, grade=parity_grade(manifest.parity),
-            memory_measured=rss is not None))
+            memory_measured=rss is not None, measured=langs_measured))
     if include_embedded:
         found += _embedded(measured)
     return found
@@ -143,7 +212,7 @@ def _model_languages(model_id: str) -> str | None:
     return spec.languages if spec else None
 
 
-def _embedded(measured: dict[str, tuple[float, int | None]]) -> list[BuildChoice]:
+def _embedded(measured: Measured) -> list[BuildChoice]:
     from globmed_edge.models import MODELS, prepared_path, read_record
 
     out = []
@@ -152,9 +221,10 @@ def _embedded(measured: dict[str, tuple[float, int | None]]) -> list[BuildChoice
         if read_record(path) is None:
             continue
         size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
-        tps, rss = measured.get(str(path)) or measured.get(name) or (None, None)
+        (tps, rss), langs_measured = measured.of(str(path), name)
         out.append(BuildChoice(name, path, "hf", "bf16", size, spec.languages,
-                               rss or expected_memory("hf", size), tps, memory_measured=rss is not None))
+                               rss or expected_memory("hf", size), tps, memory_measured=rss is not None,
+                               measured=langs_measured))
     return out
 
 

@@ -75,7 +75,7 @@ class PickerScreen(Screen[None]):
             speed = f"{c.decode_tokens_per_s:.0f} tok/s" if c.decode_tokens_per_s else "–"
             name = _clip_middle(f"{mark}{c.name}", 26)
             memory = ("" if c.memory_measured else "≈") + human_bytes(c.expected_memory)
-            table.add_row(name, human_bytes(c.size_bytes), memory, speed, _clip(c.languages, 16), key=str(i))
+            table.add_row(name, human_bytes(c.size_bytes), memory, speed, _clip(c.language_column(), 16), key=str(i))
         last = self._last_build()
         start = last if last is not None else (self.recommended or 0)  # last time's build, else the ★ one
         if start:
@@ -110,6 +110,9 @@ class PickerScreen(Screen[None]):
         star = "★ " if index == self.recommended else ""
         text = (f"{star}{c.name} · {c.format} {c.quantization}{' · ' + parity if parity else ''} · "
                 f"{c.languages}\n{c.path}")
+        summary = c.measured_summary()
+        if summary is not None:
+            text += "\n" + self.ctx.tr("measured_langs", **summary)
         if index == self.recommended:
             text += f"\n★ {self.ctx.tr('recommended')}"
         if c.problem:
