@@ -86,7 +86,6 @@ def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str,
     from globmed_edge.bench.runner import RunConfig, run_bench
     from globmed_edge.bench.tasks import TaskSpec, default_sources
     from globmed_edge.buildref import resolve_build
-    from globmed_edge.clikit import progress_enabled
 
     resolved = tuple(str(resolve_build(b, models=True)) for b in builds)
     ref = str(resolve_build(reference, models=True)) if reference else None
@@ -99,7 +98,7 @@ def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str,
                     datasets=split_csv(datasets), split=split, limit=limit, shots=shots, mode=mode, seed=seed)
     cfg = RunConfig(builds=resolved, task=task, out=str(out), device=device, threads=threads, reference=ref,
                     throughput=throughput, repeats=repeats, new_tokens=new_tokens, batch_items=batch_items,
-                    long_context=long_context, progress=progress_enabled(), force=force)
+                    long_context=long_context, progress=True, force=force)
     try:
         results = run_bench(cfg, log=lambda m: click.echo(m, err=True))
     except KeyboardInterrupt:  # Ctrl+C: one line, exit 130; every finished record is on disk

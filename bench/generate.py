@@ -15,13 +15,20 @@ from globmed_edge.mcq.extract import chat_messages, extract_answer
 def generate_answers(backend: Backend, items: Sequence[MCQItem], shots: Sequence[MCQItem] = (), *,
                      max_new_tokens: int = 24, progress: bool = False) -> list[tuple[str, str | None]]:
     """(reply, extracted letter or None) per item, greedy decoding."""
-    from tqdm import tqdm
+    from globmed_edge.clikit import item_progress
 
+    bar = item_progress(len(items), f"generating {items[0].lang}" if items else "generating", progress)
     out = []
-    for item in tqdm(items, desc="generating", unit="item", leave=False, disable=not progress):
-        req = GenerationRequest(messages=chat_messages(item, shots), max_new_tokens=max_new_tokens)
-        reply = "".join(ev.text for ev in backend.stream(req))
-        out.append((reply, extract_answer(reply, item.options)))
+    try:
+        for item in items:
+            req = GenerationRequest(messages=chat_messages(item, shots), max_new_tokens=max_new_tokens)
+            reply = "".join(ev.text for ev in backend.stream(req))
+            out.append((reply, extract_answer(reply, item.options)))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     return out
 
 

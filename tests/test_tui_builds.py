@@ -52,7 +52,8 @@ def _accuracy(build, lang, n, correct, options=4, low=None):
 def test_the_languages_a_build_was_measured_better_than_guessing_in(tmp_path):
     """Issue #17, item 4: the picker's languages are the measured ones when bench scored the build."""
     roots = tmp_path / "builds"
-    good, plain = _build(roots, "qwen-q8"), _build(roots, "unmeasured")
+    good = _build(roots, "qwen-q8")
+    _build(roots, "unmeasured")
     results = tmp_path / "results.jsonl"
     recs = [_accuracy(good, "en", 100, 41),  # Wilson low 0.32 > chance 0.25
             _accuracy(good, "zu", 30, 9), _accuracy(good, "zu", 100, 27),  # the 100-item record wins

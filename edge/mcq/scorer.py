@@ -111,11 +111,10 @@ def score_mcq(
     """Score `items` (in order) with a loaded backend; `shots` maps lang -> solved examples."""
     if batch_items < 1:
         raise ConfigError(f"batch_items must be >= 1, got {batch_items}")
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from globmed_edge.clikit import item_progress
 
-        bar = tqdm(total=len(items), desc="scoring", unit="item", leave=False)
+    langs = sorted({item.lang for item in items})
+    bar = item_progress(len(items), f"scoring {','.join(langs[:3])}{',...' if len(langs) > 3 else ''}", progress)
     out: list[ItemScore] = []
     try:
         for start in range(0, len(items), batch_items):
