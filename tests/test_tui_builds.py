@@ -67,12 +67,12 @@ def test_the_languages_a_build_was_measured_better_than_guessing_in(tmp_path):
     assert [(r.lang, r.n, r.above_chance) for r in g.measured] == [
         ("ar", 100, False), ("en", 100, True), ("fr", 100, True), ("zu", 100, False)]
     assert g.language_column() == "en fr"
-    assert g.measured_summary() == {"n": "100", "good": "en 41%, fr 30%", "weak": "ar, zu"}
+    assert g.measured_summary() == ("measured_langs", {"n": "100", "good": "en 41%, fr 30%", "weak": "ar, zu"})
     assert found["unmeasured"].language_column() == "en, sw" and found["unmeasured"].measured_summary() is None
     only_weak = tmp_path / "weak.jsonl"
     only_weak.write_text(json.dumps(_accuracy(good, "zu", 30, 7)) + "\n", encoding="utf-8")
     (w,) = [c for c in discover_builds([roots], [only_weak], include_embedded=False) if c.name == "qwen-q8"]
-    assert w.language_column() == "–" and w.measured_summary() == {"n": "30", "good": "–", "weak": "zu"}
+    assert w.language_column() == "–" and w.measured_summary() == ("measured_none", {"n": "30", "weak": "zu"})
 
 
 def test_measured_languages_read_in_every_interface_language():
@@ -81,6 +81,8 @@ def test_measured_languages_read_in_every_interface_language():
     for lang in interface_languages():
         text = Translator(lang)("measured_langs", n="100", good="en 41%", weak="zu")
         assert "100" in text and "en 41%" in text and "zu" in text, lang
+        none = Translator(lang)("measured_none", n="30", weak="am, zu")
+        assert "30" in none and "am, zu" in none, lang
 
 
 def test_languages_of_an_embedded_source_model(tmp_path):

@@ -62,14 +62,18 @@ class BuildChoice:
             return self.languages
         return " ".join(r.lang for r in self.measured if r.above_chance) or "–"
 
-    def measured_summary(self) -> dict[str, str] | None:
-        """The values of the `measured_langs` interface string, None when nothing was measured."""
+    def measured_summary(self) -> tuple[str, dict[str, str]] | None:
+        """(interface string key, its values) saying what bench measured; None when nothing was:
+        `measured_langs` when some language is better than guessing, else `measured_none`."""
         if not self.measured:
             return None
         ns = sorted({r.n for r in self.measured})
         good = ", ".join(f"{r.lang} {100 * r.accuracy:.0f}%" for r in self.measured if r.above_chance)
         weak = ", ".join(r.lang for r in self.measured if not r.above_chance)
-        return {"n": str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}", "good": good or "–", "weak": weak or "–"}
+        n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+        if not good:
+            return "measured_none", {"n": n, "weak": weak}
+        return "measured_langs", {"n": n, "good": good, "weak": weak or "–"}
 
     def parity_text(self) -> str:
         """"parity pass, small loss" (or FAIL), "" when no parity check is recorded."""

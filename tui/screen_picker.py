@@ -108,17 +108,17 @@ class PickerScreen(Screen[None]):
         # The grade tells builds of one model apart; the 80-column row has no room left for it.
         parity = c.parity_text()
         star = "★ " if index == self.recommended else ""
-        text = (f"{star}{c.name} · {c.format} {c.quantization}{' · ' + parity if parity else ''} · "
-                f"{c.languages}\n{c.path}")
+        text = f"{star}{c.name} · {c.format} {c.quantization}{' · ' + parity if parity else ''} · {c.languages}"
         summary = c.measured_summary()
-        if summary is not None:
-            text += "\n" + self.ctx.tr("measured_langs", **summary)
+        if summary is not None:  # what bench measured comes before the path, which matters least
+            text += "\n" + self.ctx.tr(summary[0], **summary[1])
         if index == self.recommended:
             text += f"\n★ {self.ctx.tr('recommended')}"
         if c.problem:
             text += f"\n⚠ {c.problem}"
         elif c.expected_memory > self.free:
             text += f"\n⚠ {self.ctx.tr('ram_warning', name=c.name, need=human_bytes(c.expected_memory), free=human_bytes(self.free))}"
+        text += f"\n{c.path}"
         self.query_one("#details", Static).update(Text(text))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
