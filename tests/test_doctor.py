@@ -77,6 +77,14 @@ def test_on_an_amx_cpu_the_best_variant_without_amx_is_loaded():
     assert choose_variant(VARIANTS, spr, None, lambda v: 0) is None  # nothing runs: llama.cpp decides (and says)
 
 
+def test_a_variant_that_does_not_open_scores_zero(tmp_path):
+    from globmed_edge.backends.llamacpp_runtime import variant_score
+
+    broken = tmp_path / "libggml-cpu-broken.so"
+    broken.write_bytes(b"not an ELF file")
+    assert variant_score(broken) == 0 and variant_score(tmp_path / "missing.so") == 0
+
+
 def test_a_variant_asked_for_by_name_is_loaded_or_refused_in_one_line():
     from globmed_edge.backends.llamacpp_runtime import choose_variant
     from globmed_edge.errors import BackendError
@@ -139,6 +147,11 @@ def test_one_variant_can_be_asked_for_by_name():
 
     if runtime_info().kind != "portable":
         pytest.skip("a native llama.cpp build has one CPU kernel library: nothing to choose")
+    import llama_cpp
+
+    from globmed_edge.backends.llamacpp_runtime import lib_dir, variant_file, variant_score
+
+    assert variant_score(variant_file(lib_dir(llama_cpp), "x64")) >= 1  # llama.cpp's own answer: runs anywhere
     r = _kernels_in_child("haswell")  # every x86-64 CPU this suite meets runs AVX2
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["haswell", "True"]

@@ -118,11 +118,15 @@ def variant_file(lib: Path, variant: str) -> Path:
 def variant_score(path: Path) -> int:
     """llama.cpp's own score of one CPU variant library for this CPU (0: it cannot run here).
 
-    The same question `ggml_backend_load_all_from_path` asks each variant: opened, asked, closed.
+    The same question `ggml_backend_load_all_from_path` asks each variant: opened, asked, closed;
+    0 for a file that does not open or has no score.
     """
     import _ctypes
 
-    handle = ctypes.CDLL(str(path))
+    try:
+        handle = ctypes.CDLL(str(path))
+    except OSError:  # unreadable, or a dependency missing: llama.cpp would skip it too
+        return 0
     try:
         score = handle.ggml_backend_score
         score.argtypes, score.restype = [], ctypes.c_int
