@@ -13,10 +13,11 @@ language with the exact McNemar p-value (same items, counted flips).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from globmed_edge.bench.stats import mcnemar_exact, wilson
+from globmed_edge.bench.drift import compute_drift
+from globmed_edge.bench.records import AccuracyRecord, iter_records
+from globmed_edge.bench.stats import wilson
 
 
 def beats_chance_p(correct: int, chances: list[float]) -> float:
@@ -36,11 +37,10 @@ def main() -> None:
     ap.add_argument("results", type=Path)
     ap.add_argument("--reference")
     args = ap.parse_args()
-    recs: dict[tuple[str, str], dict] = {}
-    for line in args.results.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        if rec.get("type") == "accuracy":
-            recs[(rec["build"]["name"], rec["lang"])] = rec  # a later record replaces an earlier one
+    recs: dict[tuple[str, str], AccuracyRecord] = {}
+    for rec in iter_records(args.results):
+        if isinstance(rec, AccuracyRecord):
+            recs[(rec.build.name, rec.lang)] = rec  # a later record replaces an earlier one
     builds = sorted({b for b, _ in recs}, key=lambda b: (b != args.reference, b))
     langs = sorted({lang for _, lang in recs})
     print("| build | lang | n | accuracy % [95% CI] | chance % | beats chance (one-sided p) |")
@@ -50,8 +50,8 @@ def main() -> None:
             r = recs.get((b, lang))
             if r is None:
                 continue
-            n, k = r["n"], r["correct_letter"]
-            chances = [1 / len(lp) for lp in r["letter_logprobs"]]
+            n, k = r.n, r.correct_letter
+            chances = [1 / len(lp) for lp in r.letter_logprobs]
             low, high = wilson(k, n)
             p = beats_chance_p(k, chances)
             print(f"| {b} | {lang} | {n} | {100 * k / n:.1f} [{100 * low:.1f}-{100 * high:.1f}] | "
@@ -68,15 +68,12 @@ def main() -> None:
             r, ref = recs.get((b, lang)), recs.get((args.reference, lang))
             if r is None or ref is None:
                 continue
-            if sorted(r["item_ids"]) != sorted(ref["item_ids"]):
+            if sorted(r.item_ids) != sorted(ref.item_ids):
                 print(f"| {b} | {lang} | - | scored on other items than the reference | - | - |")
                 continue
-            right = {i: p == g for i, p, g in zip(r["item_ids"], r["pred"], r["gold"], strict=True)}
-            ref_right = {i: p == g for i, p, g in zip(ref["item_ids"], ref["pred"], ref["gold"], strict=True)}
-            worse = sum(1 for i in right if ref_right[i] and not right[i])
-            better = sum(1 for i in right if right[i] and not ref_right[i])
-            diff = 100 * (sum(right.values()) - sum(ref_right.values())) / len(right)
-            print(f"| {b} | {lang} | {len(right)} | {diff:+.1f} | {worse} / {better} | {mcnemar_exact(worse, better):.3g} |")
+            d = compute_drift(r, ref)  # the flips and McNemar test bench's drift records hold
+            print(f"| {b} | {lang} | {d.n} | {100 * d.delta:+.1f} | {d.right_to_wrong} / {d.wrong_to_right} | "
+                  f"{d.mcnemar_p:.3g} |")
 
 
 if __name__ == "__main__":
