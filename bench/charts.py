@@ -44,9 +44,11 @@ def _log_x(ax: Any, xs: Sequence[float]) -> None:
 
 def _chance(ax: Any, records: Sequence[Any]) -> None:
     """Dashed line at the accuracy of guessing (mean of 1/number of options)."""
-    ks = [len(lp) for r in records for lp in r.letter_logprobs]
-    if ks:
-        ax.axhline(100 * sum(1 / k for k in ks) / len(ks), ls="--", lw=1, color="grey", label="chance")
+    from globmed_edge.mcq.scorer import chance_level
+
+    lps = [lp for r in records for lp in r.letter_logprobs if lp]
+    if lps:
+        ax.axhline(100 * chance_level(lps), ls="--", lw=1, color="grey", label="chance")
 
 
 def short_names(names: Sequence[str]) -> dict[str, str]:

@@ -41,7 +41,7 @@ from globmed_edge.bench.records import AccuracyRecord, DriftRecord, Record, Thro
 from globmed_edge.bench.stats import items_to_resolve, kl_divergence, paired_diff_ci, wilson
 from globmed_edge.errors import DataError
 from globmed_edge.languages import lookup
-from globmed_edge.mcq.scorer import softmax
+from globmed_edge.mcq.scorer import chance_level, softmax
 
 GiB = 1024**3
 MiB = 1024**2
@@ -227,8 +227,7 @@ def answer_spread(rec: AccuracyRecord) -> AnswerSpread | None:
 
 def chance(rec: AccuracyRecord) -> float:
     """Accuracy of guessing: the mean of 1 / number of options (4 options when not recorded)."""
-    ks = [len(lp) for lp in rec.letter_logprobs if lp]
-    return sum(1 / k for k in ks) / len(ks) if ks else 0.25
+    return chance_level(rec.letter_logprobs)
 
 
 def reference_weak(ref: AccuracyRecord) -> bool:

@@ -133,8 +133,10 @@ def _lang_result(rec: dict[str, Any]) -> LangResult | None:
     lang, n, acc, low = rec.get("lang"), rec.get("n"), _number(rec.get("accuracy")), _number(rec.get("ci_low"))
     if not isinstance(lang, str) or not isinstance(n, int) or isinstance(n, bool) or n <= 0 or acc is None or low is None:
         return None
-    ks = [len(lp) for lp in rec.get("letter_logprobs") or () if isinstance(lp, (list, dict)) and lp]
-    return LangResult(lang, acc, n, low, sum(1 / k for k in ks) / len(ks) if ks else 0.25)
+    from globmed_edge.mcq.scorer import chance_level
+
+    lps = [list(lp) for lp in rec.get("letter_logprobs") or () if isinstance(lp, (list, dict))]
+    return LangResult(lang, acc, n, low, chance_level(lps))
 
 
 class Measured:

@@ -73,6 +73,13 @@ def argmax(values: Sequence[float]) -> int:
     return best_i
 
 
+def chance_level(letter_logprobs: Sequence[Sequence[float]]) -> float:
+    """Accuracy of guessing over scored items: the mean of 1 / number of options, from each item's
+    letter log-probabilities (items without any skipped; 4 options when none is recorded)."""
+    ks = [len(lp) for lp in letter_logprobs if lp]
+    return sum(1 / k for k in ks) / len(ks) if ks else 0.25
+
+
 def softmax(values: Sequence[float]) -> tuple[float, ...]:
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
