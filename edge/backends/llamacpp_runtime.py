@@ -185,16 +185,16 @@ def load() -> ModuleType:
         lib = lib_dir(module)
         ggml = _libggml(lib)
         if ggml.ggml_backend_reg_count() == 0:  # a build with run-time loaded kernels (GGML_BACKEND_DL)
-            variants = cpu_variants(lib)
-            chosen = choose_variant(variants, cpu_info(), os.environ.get(KERNELS_ENV, "").strip() or None,
-                                    lambda v: variant_score(variant_file(lib, v)))
+            variants, cpu = cpu_variants(lib), cpu_info()
+            requested = os.environ.get(KERNELS_ENV, "").strip() or None
+            chosen = choose_variant(variants, cpu, requested, lambda v: variant_score(variant_file(lib, v)))
             if chosen is None:
                 ggml.ggml_backend_load_all_from_path(str(lib).encode())
             elif not ggml.ggml_backend_load(str(variant_file(lib, chosen)).encode()):
-                raise BackendError(f"llama.cpp's {chosen} CPU kernels do not run on this CPU ({cpu_info().model}; "
-                                   f"{', '.join(cpu_info().features) or 'no SIMD features found'})"
+                raise BackendError(f"llama.cpp's {chosen} CPU kernels do not run on this CPU ({cpu.model}; "
+                                   f"{', '.join(cpu.features) or 'no SIMD features found'})"
                                    + (f"; unset {KERNELS_ENV} or name another of: {', '.join(variants)}"
-                                      if os.environ.get(KERNELS_ENV) else ""))
+                                      if requested else ""))
             if ggml.ggml_backend_reg_count() == 0:
                 raise BackendError(
                     f"llama.cpp loaded none of its CPU kernels from {lib} on this CPU "
@@ -290,9 +290,9 @@ def runtime_info() -> RuntimeInfo:
     """The installed runtime, with its kernels loaded (so the loaded variant is known)."""
     module = load()
     variants = cpu_variants(lib_dir(module))
+    kernels = loaded_variant() if variants else None
     info = module.llama_print_system_info()
     return RuntimeInfo(
-        version=version(), kind="portable" if variants else "native", variants=variants,
-        loaded_variant=loaded_variant() if variants else None,
+        version=version(), kind="portable" if variants else "native", variants=variants, loaded_variant=kernels,
         system_info=(info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)).strip(),
-        extra_bufts=model_overrides()["use_extra_bufts"], gpu_offload=bool(module.llama_supports_gpu_offload()))
+        extra_bufts=use_extra_bufts(cpu_info(), kernels), gpu_offload=bool(module.llama_supports_gpu_offload()))
