@@ -71,6 +71,10 @@ class Threads(click.ParamType):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-items", type=int, default=DEFAULT_BATCH_ITEMS, show_default=True,
               help="Items handed to the backend per scoring call (it packs them into forward passes).")
+@click.option("--torch-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Compute dtype of model folders (run by torch; other builds are unaffected). Default: "
+                   "float32 on CPU, bfloat16 on CUDA. bfloat16 on a CPU with AMX is several times faster "
+                   "than float32 (docs/bench.md); such records are named BUILD-bf16.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.jsonl"),
               show_default=True, help="Results file (JSON lines); records already there are skipped.")
 @click.option("--unverified", is_flag=True, help="Also run builds that have no valid manifest; their records "
@@ -80,7 +84,8 @@ class Threads(click.ParamType):
 def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str, ...], datasets: tuple[str, ...],
             split: str, limit: int | None, seed: int, shots: int, mode: str, reference: str | None,
             throughput: bool, repeats: int, new_tokens: int, threads: int | str | None, long_context: bool,
-            device: str, batch_items: int, out: Path, unverified: bool, force: bool) -> None:
+            device: str, batch_items: int, torch_dtype: str | None, out: Path, unverified: bool,
+            force: bool) -> None:
     """Score BUILD... (model folders, build folders, builds' short names, embedded model names or
     .gguf files) and append records to --out."""
     from globmed_edge.bench.runner import RunConfig, run_bench
@@ -98,7 +103,7 @@ def run_cmd(builds: tuple[str, ...], sources: tuple[str, ...], langs: tuple[str,
                     datasets=split_csv(datasets), split=split, limit=limit, shots=shots, mode=mode, seed=seed)
     cfg = RunConfig(builds=resolved, task=task, out=str(out), device=device, threads=threads, reference=ref,
                     throughput=throughput, repeats=repeats, new_tokens=new_tokens, batch_items=batch_items,
-                    long_context=long_context, progress=True, force=force)
+                    long_context=long_context, progress=True, force=force, torch_dtype=torch_dtype)
     try:
         results = run_bench(cfg, log=lambda m: click.echo(m, err=True))
     except KeyboardInterrupt:  # Ctrl+C: one line, exit 130; every finished record is on disk

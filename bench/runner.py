@@ -16,7 +16,7 @@ import json
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from globmed_edge.bench.records import (
@@ -59,17 +59,36 @@ class RunConfig:
     isolate: bool = True  # native runtimes in a child process: a crash fails one build, not the run
     progress: bool = False
     force: bool = False  # measure again: this run's earlier records are set aside first (ResultsFile.set_aside)
+    torch_dtype: str | None = None  # compute dtype of model folders run by torch (None: the device's default)
+
+    def info(self, build: str | Path) -> BuildInfo:
+        return build_info(build, self.torch_dtype, self.device)
 
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def build_info(path: str | Path) -> BuildInfo:
-    """Name, format, quantization and size of a build from its manifest (or its files)."""
+def build_info(path: str | Path, torch_dtype: str | None = None, device: str = "cpu") -> BuildInfo:
+    """Name, format, quantization and size of a build from its manifest (or its files).
+
+    A model folder run by torch in a dtype other than the device's default (`--torch-dtype`) is
+    named `NAME-bf16` (`-fp32`, `-fp16`) with that dtype as its quantization: it computes
+    differently, so its records must not resume or replace those of the default run.
+    """
+    info = _stored_build_info(Path(path))
+    if not torch_dtype or info.format != "hf":
+        return info
+    from globmed_edge.backends.transformers_backend import DTYPES, default_dtype
+
+    if torch_dtype == default_dtype(device):
+        return info
+    return replace(info, name=f"{info.name}-{DTYPES[torch_dtype]}", quantization=torch_dtype)
+
+
+def _stored_build_info(p: Path) -> BuildInfo:
     from globmed_edge.backends import detect_format
 
-    p = Path(path)
     if (p / "manifest.json").is_file():
         from globmed_edge.manifest import load_manifest
 
@@ -117,16 +136,16 @@ def bench_build(cfg: RunConfig, build: str, data: TaskData | None = None,
     from globmed_edge.backends import open_backend
 
     data = data or load_task(cfg.task)
-    info = build_info(build)
+    info = cfg.info(build)
     results = ResultsFile(cfg.out)
     todo = pending_langs(results, info, cfg, data)
     if not todo:
         return 0
     task = TASKS.load(MODES[cfg.task.mode])
-    from globmed_edge.bench.throughput import chat_threads
+    from globmed_edge.bench.throughput import chat_threads, torch_options
 
     backend = open_backend(build, device=cfg.device, threads=chat_threads(build, cfg.threads),
-                           isolate="native" if cfg.isolate else False)
+                           isolate="native" if cfg.isolate else False, **torch_options(build, cfg.torch_dtype))
     backend.load()
     written = 0
     left = sum(len(data.items[lang]) for lang in todo)
@@ -150,9 +169,9 @@ def bench_build(cfg: RunConfig, build: str, data: TaskData | None = None,
 def throughput_record(cfg: RunConfig, build: str) -> ThroughputRecord:
     from globmed_edge.bench.throughput import ThroughputSpec, measure
 
-    info = build_info(build)
+    info = cfg.info(build)
     res = measure(ThroughputSpec(build, cfg.device, cfg.threads, cfg.repeats, cfg.new_tokens,
-                                 long_context=cfg.long_context))
+                                 long_context=cfg.long_context, dtype=cfg.torch_dtype))
     med, mem, shape, long = res["median"], res["memory"], res.get("kv", {}), res.get("long", {})
     return ThroughputRecord(
         build=info, device=cfg.device, threads=cfg.threads, prompt_tokens=int(med["prompt_tokens"]),
@@ -173,7 +192,7 @@ def run_bench(cfg: RunConfig, log: Callable[[str], None] = print) -> ResultsFile
     from globmed_edge.bench.drift import drift_records
 
     builds = list(dict.fromkeys(([cfg.reference] if cfg.reference else []) + list(cfg.builds)))
-    names = [build_info(b).name for b in builds]
+    names = [cfg.info(b).name for b in builds]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(f"two builds share the name {dup[0]!r}; records are keyed by build name")
@@ -192,7 +211,7 @@ def run_bench(cfg: RunConfig, log: Callable[[str], None] = print) -> ResultsFile
         _set_aside(cfg, set(names), log)
     failed: list[str] = []
     for build in builds:
-        info = build_info(build)
+        info = cfg.info(build)
         try:
             _bench_one(cfg, build, info, data, log)
         except (BackendError, ModelError) as exc:  # a crashed or unloadable build: the others go on
@@ -200,7 +219,7 @@ def run_bench(cfg: RunConfig, log: Callable[[str], None] = print) -> ResultsFile
             log(f"{info.name}: FAILED: {exc}")
     results = ResultsFile(cfg.out)
     if cfg.reference:
-        ref = build_info(cfg.reference).name
+        ref = cfg.info(cfg.reference).name
         for rec in drift_records(results.records, ref):
             if results.append(rec):
                 log(f"drift {rec.build} vs {rec.reference} {rec.lang}: delta {rec.delta:+.3f}, "

@@ -72,6 +72,7 @@ class ThroughputSpec:
     new_tokens: int = 64
     backend: str | None = None
     long_context: bool = False
+    dtype: str | None = None  # compute dtype of a model folder run by torch (None: its default)
 
 
 #: The context length assumed for a runtime that does not fix one (transformers): the one the
@@ -87,6 +88,14 @@ def chat_threads(path: str | Path, threads: int | str | None) -> int | str | Non
     from globmed_edge.backends import detect_format
 
     return "auto" if detect_format(Path(path)) == "gguf" else None
+
+
+def torch_options(path: str | Path, dtype: str | None) -> dict[str, Any]:
+    """`{"dtype": dtype}` for a model folder (run by torch) when a dtype is asked for, else `{}`:
+    the other runtimes have no such option, so `--torch-dtype` leaves their builds as they are."""
+    from globmed_edge.backends import detect_format
+
+    return {"dtype": dtype} if dtype and detect_format(Path(path)) == "hf" else {}
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -253,7 +262,7 @@ def run_in_this_process(spec: ThroughputSpec) -> dict[str, Any]:
     from globmed_edge.bench.hardware import profile
 
     backend = open_backend(spec.path, spec.backend, device=spec.device,
-                           threads=chat_threads(spec.path, spec.threads))
+                           threads=chat_threads(spec.path, spec.threads), **torch_options(spec.path, spec.dtype))
     backend.load()
     long: dict[str, Any] = {}
     try:

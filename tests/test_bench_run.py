@@ -244,6 +244,41 @@ def test_bench_cli_runs_resumes_and_reports(default_model: Path, sample_mcq: Pat
     assert "en" in (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
 
 
+def test_torch_dtype_runs_the_source_in_it_under_its_own_name(default_model: Path, sample_mcq: Path,
+                                                               tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    args = ["bench", "run", str(default_model), "--data", str(sample_mcq), "--langs", "en", "--limit", "3",
+            "--out", str(out)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    r = CliRunner().invoke(cli, [*args, "--torch-dtype", "bfloat16"])
+    assert r.exit_code == 0, r.output
+    assert "skipped" not in r.output  # not the float32 run's record: measured again, under another name
+    plain, bf16 = only_accuracy(iter_records(out))
+    assert bf16.build.name == f"{plain.build.name}-bf16" and bf16.build.quantization == "bfloat16"
+    assert bf16.item_ids == plain.item_ids
+    assert bf16.letter_logprobs != plain.letter_logprobs  # it really computed in bfloat16
+    # float32 is the CPU's default: the same build as a run without the option, so it resumes
+    same = CliRunner().invoke(cli, [*args, "--torch-dtype", "float32"])
+    assert same.exit_code == 0 and "accuracy records already in" in same.output, same.output
+    assert len(list(iter_records(out))) == 2
+
+
+def test_torch_dtype_applies_to_model_folders_only(default_model: Path, tmp_path: Path) -> None:
+    from globmed_edge.backends.transformers_backend import TransformersBackend
+    from globmed_edge.bench.runner import build_info
+    from globmed_edge.bench.throughput import torch_options
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    assert torch_options(gguf, "bfloat16") == {} and build_info(gguf, "bfloat16").name == "m"
+    assert torch_options(default_model, "bfloat16") == {"dtype": "bfloat16"}
+    assert torch_options(default_model, None) == {}
+    assert build_info(default_model, "bfloat16", device="cuda") == build_info(default_model)  # CUDA's default
+    assert build_info(default_model, "float32", device="cuda").name.endswith("-fp32")
+    with pytest.raises(ConfigError, match="dtype 'bf16': one of float32, bfloat16, float16"):
+        TransformersBackend(default_model, dtype="bf16")
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_without_redoing_records(default_model: Path, sample_mcq: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"

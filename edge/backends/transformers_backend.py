@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,13 +32,22 @@ from globmed_edge.backends.common import (
     verify_build,
 )
 from globmed_edge.deps import require
-from globmed_edge.errors import BackendError, ModelError
+from globmed_edge.errors import BackendError, ConfigError, ModelError
 from globmed_edge.paths import force_offline
 
 if TYPE_CHECKING:
     import numpy as np
 
 OPTIONS = ("device", "threads", "dtype", "verify")
+
+#: The compute dtypes a model folder can be run in (`dtype=`), each with the short tag that
+#: `bench run --torch-dtype` adds to a record's build name.
+DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def default_dtype(device: str) -> str:
+    """What a model folder computes in when no dtype is asked for: bfloat16 on CUDA, float32 on CPU."""
+    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 class TransformersBackend:
@@ -55,6 +65,8 @@ class TransformersBackend:
         **unknown: Any,
     ) -> None:
         check_options(self.name, unknown, OPTIONS)
+        if dtype is not None and dtype not in DTYPES:
+            raise ConfigError(f"dtype {dtype!r}: one of {', '.join(DTYPES)}")
         self.path = Path(path)
         self.verify = verify  # False: open without the manifest rule (quantize's own fresh export)
         self.verification: Any = None
@@ -86,8 +98,11 @@ class TransformersBackend:
             torch.set_num_threads(self.threads)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"device {self.device!r} requested but CUDA is not available here")
-        dtype = getattr(torch, self.dtype_name) if self.dtype_name else (
-            torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
+        if not sys.stderr.isatty():  # its weight-loading bar is hundreds of \r updates in a log
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        dtype = getattr(torch, self.dtype_name or default_dtype(self.device))
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
             self.model = transformers.AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)

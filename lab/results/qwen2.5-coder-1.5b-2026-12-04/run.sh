@@ -23,8 +23,13 @@ bench() {  # bench BUILD...: accuracy against the packaged reference
 quantize() {  # quantize Q [--allow-drift]: one process per build, for its peak RSS
   q=$1; shift
   stamp "quantize $q"
-  /usr/bin/time -v $GE quantize $M --format gguf:$q --threads 2 "$@" > $OUT/quantize-$q.txt 2> $OUT/quantize-$q.log \
-    || { tail -n 5 $OUT/quantize-$q.log >&2; exit 1; }
+  /usr/bin/time -v $GE quantize $M --format gguf:$q --threads 2 "$@" > $OUT/quantize-$q.txt.new 2> $OUT/quantize-$q.log.new \
+    || { tail -n 5 $OUT/quantize-$q.log.new >&2; exit 1; }
+  if grep -q '(up to date)' $OUT/quantize-$q.txt.new && [ -s $OUT/quantize-$q.txt ]; then
+    rm $OUT/quantize-$q.txt.new $OUT/quantize-$q.log.new  # keep the output (and peak RSS) of the run that built it
+  else
+    mv $OUT/quantize-$q.txt.new $OUT/quantize-$q.txt && mv $OUT/quantize-$q.log.new $OUT/quantize-$q.log
+  fi
 }
 bench $REF
 quantize q4_0
