@@ -144,6 +144,29 @@ def test_best_macro_build_inferior_in_one_requested_language_is_not_recommended(
     assert recommend(recs, ram_gb=4, langs=["en"]).choice == "big"
 
 
+def test_answer_kls_a_few_thousandths_apart_are_equal_and_the_smaller_file_wins() -> None:
+    """The Qwen2.5-Coder-1.5B case of 2026-12-04: q8_0 (KL 0.0008) and the packaged Q4_K_M (0.0016)
+    differ by less than the same weights do between torch and llama.cpp; the smaller file wins."""
+    from globmed_edge.bench.recommend import KL_FLOOR
+
+    gold = gold_of(N, "en")
+    base = ref_pred(gold, 240)
+    recs: list[Record] = [acc("ref", "en", gold, base, fmt="hf", quant="bfloat16"),
+                          acc("q8", "en", gold, base, tilt=0.05, size=1807 * MiB),
+                          acc("packaged", "en", gold, base, tilt=0.08, size=1066 * MiB),
+                          tp("ref", 4.1, rss=3511 * MiB), tp("q8", 9.4, rss=2032 * MiB),
+                          tp("packaged", 15.7, rss=1888 * MiB)]
+    d = recommend(recs, ram_gb=8)
+    kl = {b.name: b.mean_kl for b in d.builds}
+    assert kl["q8"] is not None and kl["packaged"] is not None
+    assert 0 < kl["q8"] < kl["packaged"] < kl["q8"] + KL_FLOOR  # q8 "more faithful", within the floor
+    assert d.choice == "packaged" and "smallest file" in d.summary
+    # a gap beyond the floor still decides for the more faithful build
+    far = [*recs[:2], acc("packaged", "en", gold, base, tilt=0.4, size=1066 * MiB), *recs[3:]]
+    d = recommend(far, ram_gb=8)
+    assert d.choice == "q8" and "most faithful" in d.summary
+
+
 def test_builds_equal_within_noise_are_decided_by_speed_then_memory_not_by_point_estimate() -> None:
     gold = gold_of(N, "en")
     base = ref_pred(gold, 240)
