@@ -58,9 +58,10 @@ SPEED_NOISE = 0.5
 UNRELIABLE_NOISE = 0.75  # an unreliable record's speed only counts beyond a factor of 4
 MEMORY_NOISE = 0.05
 # Answer KLs within 10%, or 0.005 nats, of each other are equal. The floor is arithmetic, not
-# quantization: the very same weights (Qwen2.5-Coder-1.5B's packaged Q4_K_M in llama.cpp, and its
-# dequantized folder in torch bfloat16) differ by 0.0016 nats over 8 languages (2026-12-04), so a
-# difference of a few thousandths says nothing about which build lost less.
+# quantization: the same weights up to bfloat16 rounding (Qwen2.5-Coder-1.5B's packaged Q4_K_M
+# in llama.cpp, and its dequantized folder in torch bfloat16) differ by 0.0016 nats over 8
+# languages (2026-12-04), so a difference of a few thousandths says nothing about which build
+# lost less.
 KL_NOISE, KL_FLOOR = 0.10, 0.005
 UNRELIABLE_SPREAD = 0.25  # (max - min) / median of the timed decode runs
 UNRELIABLE_LOAD = 0.25  # other programs' share of the machine's CPUs during the timed runs

@@ -22,6 +22,11 @@ bench() {  # bench BUILD...: accuracy against the packaged reference
   $GE bench run "$@" --reference $REF --data ../shared/data/mcq --langs $LANGS --limit 100 --threads 2 \
     --out $OUT/results.jsonl
 }
+throughput() {  # throughput BUILD...: speed and memory, each build in a process of its own (quiet machine)
+  stamp "throughput $*"
+  $GE bench run "$@" --data ../shared/data/mcq --langs $LANGS --limit 100 --threads 2 --throughput \
+    --out $OUT/results.jsonl
+}
 quantize() {  # quantize Q [--allow-drift]: one process per build, for its peak RSS
   q=$1; shift
   stamp "quantize $q"
@@ -40,9 +45,8 @@ quantize q8_0
 bench $M-gguf-q8_0
 stamp "bench the source (torch, bfloat16: AMX on this CPU)"
 bench $M --torch-dtype bfloat16
+throughput $REF $M-gguf-q4_0 $M-gguf-q8_0 $M --torch-dtype bfloat16
 quantize q4_k_m --allow-drift
 bench $M-gguf-q4_k_m
-stamp "throughput"
-$GE bench run $REF $M-gguf-q4_0 $M-gguf-q8_0 $M-gguf-q4_k_m $M --torch-dtype bfloat16 --data ../shared/data/mcq \
-  --langs $LANGS --limit 100 --threads 2 --throughput --out $OUT/results.jsonl
+throughput $M-gguf-q4_k_m
 stamp done
