@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -442,13 +442,14 @@ def recommend(records: Sequence[Record], *, ram_gb: float, langs: Sequence[str] 
             continue
         acceptable.append(name)
 
-    choice, why = _choose(acceptable, prelim)
+    drifted = {n for n in acceptable if infos[n].parity_passed is False}  # kept with --allow-drift
+    choice, why = _choose(acceptable, prelim, drifted)
     if choice is not None and rests_on_fidelity(choice):
         weak = sorted({v.lang for v in prelim[choice][0] if v.verdict == TOO_FEW or v.reference_weak})
         why += (f"; accuracy cannot tell the builds apart in {', '.join(weak)} (too few items or a reference "
                 "near chance), so fidelity decided which builds were acceptable")
     for name in acceptable:
-        status[name] = ("chosen", why) if name == choice else ("not chosen", _why_not(name, choice, prelim))
+        status[name] = ("chosen", why) if name == choice else ("not chosen", _why_not(name, choice, prelim, drifted))
 
     builds = []
     for name in names:
@@ -495,7 +496,8 @@ def _basis(verdicts: Sequence[LangVerdict], is_ref: bool, kl: float | None) -> s
     return f"accuracy: {text}; answer KL {'-' if kl is None else f'{kl:.4f}'}"
 
 
-def _choose(names: Sequence[str], prelim: dict[str, Any]) -> tuple[str | None, str]:
+def _choose(names: Sequence[str], prelim: dict[str, Any],
+            drifted: Set[str] = frozenset()) -> tuple[str | None, str]:
     if not names:
         return None, ""
     if len(names) == 1:
@@ -524,13 +526,17 @@ def _choose(names: Sequence[str], prelim: dict[str, Any]) -> tuple[str | None, s
         best = group3[0]
         return best, (f"acceptable in every requested language and fits; speed and memory equal {others}'s within "
                       f"noise, and it is the most faithful (answer KL {kl[best]:.4f})")
-    best = min(group3, key=lambda n: (prelim[n][4], n))
+    # Equal on everything measured: a build whose exporter's parity check failed (kept with
+    # --allow-drift) gives way to one whose did not, then the smaller file wins.
+    best = min(group3, key=lambda n: (n in drifted, prelim[n][4], n))
+    passed = (" whose parity check did not fail"
+              if any(n in drifted and prelim[n][4] <= prelim[best][4] for n in group3) else "")
     return best, (f"acceptable in every requested language and fits; speed, memory and fidelity equal "
-                  f"{', '.join(sorted(n for n in group3 if n != best))}'s within noise, and it is the smallest file "
-                  f"({prelim[best][4] / MiB:.0f} MiB)")
+                  f"{', '.join(sorted(n for n in group3 if n != best))}'s within noise, and it is the smallest file"
+                  f"{passed} ({prelim[best][4] / MiB:.0f} MiB)")
 
 
-def _why_not(name: str, choice: str | None, prelim: dict[str, Any]) -> str:
+def _why_not(name: str, choice: str | None, prelim: dict[str, Any], drifted: Set[str] = frozenset()) -> str:
     if choice is None:
         return "acceptable"
     s, c = prelim[name][3], prelim[choice][3]
@@ -542,6 +548,9 @@ def _why_not(name: str, choice: str | None, prelim: dict[str, Any]) -> str:
     kn, kc = prelim[name][1], prelim[choice][1]
     if kn is not None and kc is not None and kn > kc * (1 + KL_NOISE) + KL_FLOOR:
         return f"acceptable and equal to {choice} on speed and memory within noise, but less faithful"
+    if name in drifted and choice not in drifted:
+        return (f"acceptable and equal to {choice} on speed, memory and fidelity within noise, but its exporter's "
+                "parity check failed (kept with --allow-drift)")
     return f"acceptable and equal to {choice} on speed, memory and fidelity within noise, but a larger file"
 
 

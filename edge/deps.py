@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 
 from globmed_edge.errors import DependencyError
@@ -17,3 +18,15 @@ def require(module: str, extra: str) -> ModuleType:
         if exc.name and module.split(".")[0] != exc.name.split(".")[0]:
             raise
         raise DependencyError(module, extra) from exc
+
+
+def require_transformers() -> ModuleType:
+    """`require("transformers", "torch")`, with its progress bars off unless stderr is a terminal.
+
+    Its per-tensor weight-loading bar is hundreds of carriage-return updates in a log file (339 for a
+    1.5B model), burying the lines that matter; the toolkit's own bars say what is going on.
+    """
+    transformers = require("transformers", "torch")
+    if not sys.stderr.isatty():
+        transformers.utils.logging.disable_progress_bar()
+    return transformers

@@ -13,7 +13,8 @@ import importlib.metadata
 import importlib.util
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,10 +239,10 @@ def prepare(name: str = DEFAULT_MODEL, *, force: bool = False, progress: bool = 
     force_offline()
     from tqdm.auto import tqdm
 
-    from globmed_edge.deps import require
+    from globmed_edge.deps import require, require_transformers
 
     torch = require("torch", "torch")
-    transformers = require("transformers", "torch")
+    transformers = require_transformers()
     steps = tqdm(total=5, desc=f"prepare {name}", unit="step", disable=not progress)
     start = time.perf_counter()
     gguf = spec.locate(progress=progress)
@@ -256,9 +257,10 @@ def prepare(name: str = DEFAULT_MODEL, *, force: bool = False, progress: bool = 
         steps.update()
         steps.set_postfix_str("weights")
         # dequantize=True gives plain tensors (a "gguf-quantized" model refuses to save).
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
-            quantization_config=transformers.GgufConfig(dequantize=True))
+        with _gguf_tensor_bar(shown=progress):
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                quantization_config=transformers.GgufConfig(dequantize=True))
         model.config.quantization_config = None
         if hasattr(model.config, "__dict__"):
             model.config.__dict__.pop("quantization_config", None)
@@ -288,6 +290,26 @@ def prepare(name: str = DEFAULT_MODEL, *, force: bool = False, progress: bool = 
     if spec.packaged_build:
         register_packaged_build(spec, gguf)
     return out
+
+
+@contextmanager
+def _gguf_tensor_bar(*, shown: bool) -> Iterator[None]:
+    """transformers' GGUF loader draws a tqdm bar of its own, one carriage-return update per tensor
+    (339 for the 1.5B Qwen), that neither its logging switch nor an argument turns off; without
+    progress (stderr is a log, a pipe or a test) the loader gets a disabled bar for this call."""
+    from functools import partial
+
+    import transformers.modeling_gguf_pytorch_utils as loader
+
+    bar = getattr(loader, "tqdm", None)
+    if shown or bar is None:  # a future transformers without it: nothing to silence
+        yield
+        return
+    loader.tqdm = partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        loader.tqdm = bar
 
 
 def packaged_build_path(spec: ModelSpec) -> Path | None:

@@ -40,10 +40,10 @@ def build_tiny_model(
     if hidden_size % num_heads:
         raise ConfigError("hidden_size must be divisible by num_heads")
     force_offline()
-    from globmed_edge.deps import require
+    from globmed_edge.deps import require, require_transformers
 
     torch = require("torch", "torch")
-    transformers = require("transformers", "torch")
+    transformers = require_transformers()
     from globmed_edge.models import _locate_smollm2
 
     gguf = _locate_smollm2()

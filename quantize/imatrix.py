@@ -69,12 +69,12 @@ def collect(source: Path, texts: Sequence[str], *, max_tokens: int = 512,
     """
     if not texts:
         raise ConfigError("imatrix: the calibration set has no texts")
-    from globmed_edge.deps import require
+    from globmed_edge.deps import require, require_transformers
     from globmed_edge.paths import force_offline
 
     force_offline()
     torch = require("torch", "torch")
-    transformers = require("transformers", "torch")
+    transformers = require_transformers()
     tok = transformers.AutoTokenizer.from_pretrained(source)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)

@@ -62,14 +62,15 @@ def variant(pred: str, gold: str, *, r2w: int = 0, w2r: int = 0) -> str:
 
 
 def acc(name: str, lang: str, gold: str, pred: str, *, tilt: float = 0.0, fmt: str = "gguf", quant: str = "q8_0",
-        size: int = 100 * MiB) -> AccuracyRecord:
+        size: int = 100 * MiB, parity_passed: bool | None = None) -> AccuracyRecord:
     """An accuracy record; `tilt` shifts log-likelihood towards option B (a build that drifts)."""
     k = sum(p == g for p, g in zip(pred, gold, strict=True))
     low, high = wilson(k, len(gold))
     lps = tuple(tuple((-0.3 if letter == p else -2.5) + (tilt if letter == "B" else 0.0) for letter in LETTERS)
                 for p in pred)
     return AccuracyRecord(
-        build=BuildInfo(name, f"/b/{name}", fmt, quant, size), device="cpu", task="mcq-loglik-0shot", lang=lang,
+        build=BuildInfo(name, f"/b/{name}", fmt, quant, size, parity_passed=parity_passed), device="cpu",
+        task="mcq-loglik-0shot", lang=lang,
         datasets=("d",), split="test", items_hash=f"h-{lang}-{len(gold)}", n=len(gold), correct_letter=k,
         correct_text=k, accuracy=k / len(gold), accuracy_text=k / len(gold), ci_low=low, ci_high=high,
         item_ids=tuple(f"{lang}-{i}" for i in range(len(gold))), gold=tuple(gold), pred=tuple(pred),
@@ -165,6 +166,26 @@ def test_answer_kls_a_few_thousandths_apart_are_equal_and_the_smaller_file_wins(
     far = [*recs[:2], acc("packaged", "en", gold, base, tilt=0.4, size=1066 * MiB), *recs[3:]]
     d = recommend(far, ram_gb=8)
     assert d.choice == "q8" and "most faithful" in d.summary
+
+
+def test_a_tie_goes_to_the_build_whose_parity_check_did_not_fail_before_the_smaller_file() -> None:
+    """Qwen 2026-12-04, zh: the re-quantized q4_k_m (parity FAILED, kept with --allow-drift) is 505
+    bytes smaller than the packaged Q4_K_M and equal to it on everything measured."""
+    gold = gold_of(N, "zh")
+    base = ref_pred(gold, 240)
+
+    def records(requant_parity: bool | None) -> list[Record]:
+        return [acc("ref", "zh", gold, base, fmt="hf", quant="bfloat16"),
+                acc("packaged", "zh", gold, base, tilt=0.05, size=1066 * MiB),
+                acc("requant", "zh", gold, base, tilt=0.06, size=1066 * MiB - 505, parity_passed=requant_parity),
+                tp("ref", 4.1, rss=3511 * MiB), tp("packaged", 15.7, rss=1888 * MiB),
+                tp("requant", 14.1, rss=1881 * MiB)]
+
+    assert recommend(records(True), ram_gb=8).choice == "requant"  # both fine: the smaller file
+    d = recommend(records(False), ram_gb=8)
+    assert d.choice == "packaged" and "whose parity check did not fail" in d.summary
+    why = {b.name: b.reason for b in d.builds}
+    assert "parity check failed (kept with --allow-drift)" in why["requant"]
 
 
 def test_builds_equal_within_noise_are_decided_by_speed_then_memory_not_by_point_estimate() -> None:

@@ -68,3 +68,24 @@ def test_tiny_model_cli(tmp_path):
     cfg = json.loads((tmp_path / "t" / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["hidden_size"] == 256 and cfg["num_hidden_layers"] == 1
     assert (tmp_path / "t" / "model.safetensors").is_file()
+
+
+def test_the_gguf_loaders_tensor_bar_is_off_without_progress(capfd):
+    """`models prepare` in a log: no 339 carriage-return updates from transformers' GGUF loader."""
+    pytest.importorskip("transformers", reason="needs the torch extra")
+    import transformers.modeling_gguf_pytorch_utils as loader
+
+    from globmed_edge.models import _gguf_tensor_bar
+
+    def load():  # what the loader does per tensor
+        for _ in loader.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+
+    with _gguf_tensor_bar(shown=False):
+        load()
+    assert "de-quantizing" not in capfd.readouterr().err
+    with _gguf_tensor_bar(shown=True):
+        load()
+    assert "de-quantizing" in capfd.readouterr().err
+    load()  # restored after the call
+    assert "de-quantizing" in capfd.readouterr().err

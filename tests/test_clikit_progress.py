@@ -60,3 +60,25 @@ def test_score_mcq_reports_progress_off_a_terminal(monkeypatch, capsys):
     assert len(score_mcq(Uniform(), items, batch_items=2, progress=True)) == 5  # type: ignore[arg-type]
     assert capsys.readouterr().err.splitlines() == [
         "scoring am: 2/5 items in 0 s; ~0 s left", "scoring am: 4/5 items in 0 s; ~0 s left"]
+
+
+def test_transformers_bars_are_off_in_a_log_and_left_alone_on_a_terminal(monkeypatch):
+    """Its weight-loading bar is one \\r update per tensor: 339 in a 1.5B model's quantize log."""
+    import sys
+
+    import pytest
+
+    transformers = pytest.importorskip("transformers", reason="needs the torch extra")
+    from globmed_edge.deps import require_transformers
+
+    hf_logging = transformers.utils.logging
+    try:
+        hf_logging.enable_progress_bar()
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+        assert require_transformers() is transformers
+        assert hf_logging.is_progress_bar_enabled()
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+        require_transformers()
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from globmed_edge.backends.base import Backend, Capabilities
 from globmed_edge.backends.common import verify_build
 from globmed_edge.backends.transformers_backend import TransformersBackend, model_eos_ids
-from globmed_edge.deps import require
+from globmed_edge.deps import require, require_transformers
 from globmed_edge.errors import BackendError, ModelError
 from globmed_edge.paths import force_offline
 
@@ -36,7 +36,7 @@ class GPTQBackend(TransformersBackend):
         self.manifest = self.verification.manifest
         self.quantize_config = read_quantize_config(self.path)
         torch = require("torch", "torch")
-        transformers = require("transformers", "torch")
+        transformers = require_transformers()
         require("gptqmodel", "gptq")
         require("optimum", "gptq")
         if self.device.startswith("cuda") and not torch.cuda.is_available():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ from globmed_edge.backends.common import (
     loaded,
     verify_build,
 )
-from globmed_edge.deps import require
+from globmed_edge.deps import require, require_transformers
 from globmed_edge.errors import BackendError, ConfigError, ModelError
 from globmed_edge.paths import force_offline
 
@@ -91,17 +90,13 @@ class TransformersBackend:
         force_offline()
         self.verification = verify_build(self.path, None, verify=self.verify)  # hf: no format check
         torch = require("torch", "torch")
-        transformers = require("transformers", "torch")
+        transformers = require_transformers()
         if not (self.path / "config.json").is_file():
             raise ModelError(f"{self.path}: not a Hugging Face model folder (no config.json)")
         if self.threads:
             torch.set_num_threads(self.threads)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"device {self.device!r} requested but CUDA is not available here")
-        if not sys.stderr.isatty():  # its weight-loading bar is hundreds of \r updates in a log
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
         dtype = getattr(torch, self.dtype_name or default_dtype(self.device))
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
