@@ -79,11 +79,11 @@ def build_info(path: str | Path, torch_dtype: str | None = None, device: str = "
     info = _stored_build_info(Path(path))
     if not torch_dtype or info.format != "hf":
         return info
-    from globmed_edge.backends.transformers_backend import DTYPES, default_dtype
+    from globmed_edge.backends.transformers_backend import default_dtype, dtype_variant_name
 
     if torch_dtype == default_dtype(device):
         return info
-    return replace(info, name=f"{info.name}-{DTYPES[torch_dtype]}", quantization=torch_dtype)
+    return replace(info, name=dtype_variant_name(info.name, torch_dtype), quantization=torch_dtype)
 
 
 def _stored_build_info(p: Path) -> BuildInfo:

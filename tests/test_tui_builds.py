@@ -179,3 +179,22 @@ def test_speed_and_measured_memory_come_from_results_written_anywhere(tmp_path, 
     assert known_results_files() == [elsewhere.resolve()]
     (c,) = discover_builds(include_embedded=False)
     assert (c.decode_tokens_per_s, c.expected_memory, c.memory_measured) == (74.2, 270 * 2**20, True)
+
+
+def test_a_source_benched_in_bfloat16_does_not_lend_its_speed_to_the_chats_float32_run(tmp_path):
+    """`bench run SRC --torch-dtype bfloat16` records SRC-bf16 at SRC's path (Qwen 1.5B: 3.5 GB peak RSS,
+    4.1 tok/s); the chat runs SRC in float32 on CPU and needs about twice that memory."""
+    src = _build(tmp_path / "builds", "src", fmt="hf")
+    results = tmp_path / "results.jsonl"
+
+    def record(name, tps):
+        return json.dumps({"type": "throughput", "device": "cpu", "decode_tokens_per_s": tps,
+                           "peak_rss_bytes": 3511 * 2**20,
+                           "build": {"name": name, "path": str(src), "format": "hf", "quantization": "bfloat16"}})
+
+    results.write_text(record("src-bf16", 4.1) + "\n", encoding="utf-8")
+    (c,) = discover_builds([tmp_path / "builds"], [results], include_embedded=False)
+    assert c.decode_tokens_per_s is None and not c.memory_measured
+    results.write_text(record("src-bf16", 4.1) + "\n" + record("src", 2.0) + "\n", encoding="utf-8")
+    (c,) = discover_builds([tmp_path / "builds"], [results], include_embedded=False)
+    assert (c.decode_tokens_per_s, c.memory_measured) == (2.0, True)

@@ -108,6 +108,16 @@ def expected_memory(fmt: str, size_bytes: int) -> int:
     return int(size_bytes * MEMORY_FACTOR.get(fmt, 1.5)) + RUNTIME_OVERHEAD
 
 
+def _other_dtype(build: dict[str, Any]) -> bool:
+    """A record of a model folder run in another torch dtype (`bench run --torch-dtype`, named
+    NAME-bf16): its speed and memory are not what the chat, in the default dtype, gets."""
+    from globmed_edge.backends.transformers_backend import is_dtype_variant
+
+    name, path = build.get("name"), build.get("path")
+    return (build.get("format") == "hf" and isinstance(name, str) and isinstance(path, str)
+            and is_dtype_variant(name, Path(path).name))
+
+
 def _records(results: Iterable[Path]) -> Iterable[dict[str, Any]]:
     """The JSON records of bench results files; unreadable files and lines are skipped."""
     for path in results:
@@ -149,6 +159,8 @@ class Measured:
         for rec in _records(results):
             build = rec["build"]
             keys = [str(k) for k in (build.get("path"), build.get("name")) if k]
+            if _other_dtype(build):  # the chat runs the folder in its default dtype: not this record's
+                keys = [str(build["name"])]
             if rec.get("type") == "throughput" and rec.get("device") == "cpu":
                 tps, rss = _number(rec.get("decode_tokens_per_s")), rec.get("peak_rss_bytes")
                 if tps is None:

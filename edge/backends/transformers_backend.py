@@ -44,6 +44,17 @@ OPTIONS = ("device", "threads", "dtype", "verify")
 DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
+def dtype_variant_name(name: str, dtype: str) -> str:
+    """The name bench records a model folder under when it ran in `dtype`, not its device's
+    default (`bench run --torch-dtype`): NAME-bf16. It computes differently, so it is another build."""
+    return f"{name}-{DTYPES[dtype]}"
+
+
+def is_dtype_variant(record_name: str, folder_name: str) -> bool:
+    """Whether a record named `record_name` measured the folder `folder_name` in a non-default dtype."""
+    return record_name in {dtype_variant_name(folder_name, d) for d in DTYPES}
+
+
 def default_dtype(device: str) -> str:
     """What a model folder computes in when no dtype is asked for: bfloat16 on CUDA, float32 on CPU."""
     return "bfloat16" if device.startswith("cuda") else "float32"
