@@ -529,8 +529,8 @@ def _choose(names: Sequence[str], prelim: dict[str, Any],
     # Equal on everything measured: a build whose exporter's parity check failed (kept with
     # --allow-drift) gives way to one whose did not, then the smaller file wins.
     best = min(group3, key=lambda n: (n in drifted, prelim[n][4], n))
-    passed = (" whose parity check did not fail"
-              if any(n in drifted and prelim[n][4] <= prelim[best][4] for n in group3) else "")
+    passed = (" whose parity check did not fail" if best not in drifted
+              and any(n in drifted and prelim[n][4] <= prelim[best][4] for n in group3) else "")
     return best, (f"acceptable in every requested language and fits; speed, memory and fidelity equal "
                   f"{', '.join(sorted(n for n in group3 if n != best))}'s within noise, and it is the smallest file"
                   f"{passed} ({prelim[best][4] / MiB:.0f} MiB)")

@@ -174,9 +174,9 @@ def test_a_tie_goes_to_the_build_whose_parity_check_did_not_fail_before_the_smal
     gold = gold_of(N, "zh")
     base = ref_pred(gold, 240)
 
-    def records(requant_parity: bool | None) -> list[Record]:
+    def records(requant_parity: bool | None, packaged_parity: bool | None = None) -> list[Record]:
         return [acc("ref", "zh", gold, base, fmt="hf", quant="bfloat16"),
-                acc("packaged", "zh", gold, base, tilt=0.05, size=1066 * MiB),
+                acc("packaged", "zh", gold, base, tilt=0.05, size=1066 * MiB, parity_passed=packaged_parity),
                 acc("requant", "zh", gold, base, tilt=0.06, size=1066 * MiB - 505, parity_passed=requant_parity),
                 tp("ref", 4.1, rss=3511 * MiB), tp("packaged", 15.7, rss=1888 * MiB),
                 tp("requant", 14.1, rss=1881 * MiB)]
@@ -186,6 +186,8 @@ def test_a_tie_goes_to_the_build_whose_parity_check_did_not_fail_before_the_smal
     assert d.choice == "packaged" and "whose parity check did not fail" in d.summary
     why = {b.name: b.reason for b in d.builds}
     assert "parity check failed (kept with --allow-drift)" in why["requant"]
+    d = recommend(records(False, packaged_parity=False), ram_gb=8)  # both failed: no claim that one passed
+    assert d.choice == "requant" and "smallest file" in d.summary and "did not fail" not in d.summary
 
 
 def test_builds_equal_within_noise_are_decided_by_speed_then_memory_not_by_point_estimate() -> None:

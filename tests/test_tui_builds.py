@@ -198,3 +198,10 @@ def test_a_source_benched_in_bfloat16_does_not_lend_its_speed_to_the_chats_float
     results.write_text(record("src-bf16", 4.1) + "\n" + record("src", 2.0) + "\n", encoding="utf-8")
     (c,) = discover_builds([tmp_path / "builds"], [results], include_embedded=False)
     assert (c.decode_tokens_per_s, c.memory_measured) == (2.0, True)
+    merged = _build(tmp_path / "runs" / "gemma-lora", "merged", fmt="hf")  # a training output's record name
+    results.write_text(json.dumps({"type": "throughput", "device": "cpu", "decode_tokens_per_s": 4.1,
+                                   "peak_rss_bytes": 3511 * 2**20,
+                                   "build": {"name": "gemma-lora-merged-bf16", "path": str(merged),
+                                             "format": "hf"}}) + "\n", encoding="utf-8")
+    (c,) = discover_builds([tmp_path / "runs"], [results], include_embedded=False)
+    assert c.decode_tokens_per_s is None and not c.memory_measured

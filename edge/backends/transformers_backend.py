@@ -51,8 +51,10 @@ def dtype_variant_name(name: str, dtype: str) -> str:
 
 
 def is_dtype_variant(record_name: str, folder_name: str) -> bool:
-    """Whether a record named `record_name` measured the folder `folder_name` in a non-default dtype."""
-    return record_name in {dtype_variant_name(folder_name, d) for d in DTYPES}
+    """Whether a record named `record_name` measured the folder `folder_name` in a non-default dtype:
+    a name that is not the folder's own and ends in a dtype suffix (SRC-bf16; a merged training
+    output runs/gemma-lora/merged is recorded as gemma-lora-merged-bf16)."""
+    return record_name != folder_name and any(record_name.endswith(f"-{s}") for s in DTYPES.values())
 
 
 def default_dtype(device: str) -> str:
